@@ -45,3 +45,7 @@ class QdrantRequestError(ReembedError):
 
 class VerifyFailed(ReembedError):
     """Verification found the target wrong; cutover is refused."""
+
+
+class NotFound(PreconditionError):
+    """A collection, alias or point the job needs does not exist."""

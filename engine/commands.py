@@ -1,0 +1,120 @@
+"""The job commands: run, status, swap, rollback, cleanup, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from engine import job as jobs
+from engine.cutover import cleanup, rollback, swap
+
+log = logging.getLogger(__name__)
+
+
+def _load(args: argparse.Namespace):
+    from engine.config import load_config
+
+    return load_config(args.config, overrides=args.set or ())
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="job YAML (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set pipeline.shards=16 (repeatable)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    result = jobs.run_job(cfg, restart=args.restart, progress=not args.quiet)
+    print(jobs.dumps(result), flush=True)
+    return 0
+
+
+def _store(cfg):
+    client, _ = jobs.connect(cfg)
+    return client, jobs.make_store(cfg, client)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    client, store = _store(cfg)
+    job_id = jobs.job_id_of(cfg)
+    state = store.load(job_id)
+    if state is None:
+        print(json.dumps({"job_id": job_id, "state": "not started"}))
+        return 0
+    for s in state.shards:
+        status = "done" if s.done else f"at {s.cursor!r}"
+        print(f"shard {s.shard:>4} [{s.lo!r}, {s.hi!r}) {status:<24} written {s.written:>10,} skipped {s.skipped:>8,}")
+    out = {"job_id": job_id, "state": "finished" if state.finished else "in progress",
+           "shards": len(state.shards), "shards_done": sum(s.done for s in state.shards),
+           "points_written": state.written, "points_skipped": state.skipped, "events": state.events}
+    print(json.dumps(out, default=str))
+    client.close()
+    return 0
+
+
+def cmd_swap(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    client, store = _store(cfg)
+    event = swap(client, store, jobs.job_id_of(cfg), cfg.target.alias, cfg.source.collection,
+                 jobs.target_collection(cfg), force=args.force)
+    print(json.dumps(event, default=str))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    client, store = _store(cfg)
+    print(json.dumps(rollback(client, store, jobs.job_id_of(cfg), cfg.target.alias, cfg.source.collection),
+                     default=str))
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    client, store = _store(cfg)
+    event = cleanup(client, store, jobs.job_id_of(cfg), cfg.source.collection, jobs.target_collection(cfg),
+                    confirm=args.confirm, force=args.force)
+    print(json.dumps(event, default=str))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    return run_demo(data_dir=args.data, limit=args.limit, keep=args.keep)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run or resume a migration job")
+    _config_args(p)
+    p.add_argument("--restart", action="store_true", help="discard this job's checkpoint and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="per-shard progress from the checkpoint")
+    _config_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("swap", help="point the alias at the new collection (atomic)")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="swap even without a passing verify (recorded)")
+    p.set_defaults(func=cmd_swap)
+
+    p = sub.add_parser("rollback", help="point the alias back at the source collection")
+    _config_args(p)
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("cleanup", help="delete the old collection after a swap")
+    _config_args(p)
+    p.add_argument("--confirm", action="store_true", help="required: the deletion cannot be undone")
+    p.add_argument("--force", action="store_true", help="clean up even without a passing verify (recorded)")
+    p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser("demo", help="a real migration on the embedded endpoint: stdlib docstrings, legacy -> MiniLM")
+    p.add_argument("--data", default="demo-data", help="endpoint data directory (wiped at start)")
+    p.add_argument("--limit", type=int, default=3000, help="passages to migrate")
+    p.add_argument("--keep", action="store_true", help="leave the endpoint data in place at the end")
+    p.set_defaults(func=cmd_demo)

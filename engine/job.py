@@ -1,0 +1,383 @@
+"""One migration job from config to summary: preconditions first (nothing is written until every check passed),
+then target creation, shard plan, the coordinator, and the summary.
+
+Order of checks: server reachable and its version; source exists; the text field exists in the source; the target,
+if it exists, is this job's and fits the model; the model loads on the workers; an existing checkpoint matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from qdrant_client import grpc as pb
+
+from engine import plan as planning
+from engine.checkpoint import (CheckpointStore, JobState, QdrantCheckpointStore, UriCheckpointStore, check_resume,
+                               fingerprint)
+from engine.deadletter import DeadLetters
+from engine.errors import PreconditionError, QdrantUnavailable
+from engine.pipeline import Coordinator, RunStats
+from engine.qdrant import values, wire
+from engine.qdrant.client import QdrantGrpc, ServerInfo
+from engine.qdrant.connection import Endpoint
+from engine.qdrant.retry import RetryPolicy
+from engine.qdrant.values import TextSpec
+from engine.sink import SinkSpec
+
+log = logging.getLogger(__name__)
+
+TEXT_PROBE_POINTS = 256  # points read to check the text field exists before anything is written
+METADATA_KEY = "reembed"  # collection metadata key holding the job id and model provenance (Qdrant >= 1.16)
+# A first contact fails fast: a mistyped host should not wait out the full retry deadline.
+CONNECT_POLICY = RetryPolicy(max_attempts=4, base_delay_s=0.25, max_delay_s=2.0, deadline_s=10.0)
+
+
+def endpoint_of(cfg) -> Endpoint:
+    host, port, tls = cfg.qdrant.endpoint()
+    return Endpoint(host=host, port=port, tls=tls, api_key=cfg.qdrant.api_key_value(),
+                    ca_cert=cfg.qdrant.tls_ca_cert, timeout_s=cfg.qdrant.timeout_s)
+
+
+def policy_of(cfg) -> RetryPolicy:
+    r = cfg.retry
+    return RetryPolicy(max_attempts=r.max_attempts, base_delay_s=r.base_delay_s, max_delay_s=r.max_delay_s,
+                       deadline_s=r.deadline_s)
+
+
+def text_spec_of(cfg) -> TextSpec:
+    if cfg.source.text_template:
+        return TextSpec(template=cfg.source.text_template)
+    return TextSpec(field=cfg.source.text_field)
+
+
+def target_collection(cfg) -> str:
+    return cfg.target.collection or cfg.source.collection
+
+
+def job_id_of(cfg) -> str:
+    """Stable per (source, target, vector): re-running the same command finds the same job."""
+    key = f"{cfg.source.collection}|{target_collection(cfg)}|{cfg.target.vector_name or ''}|{cfg.strategy}"
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def connect(cfg) -> tuple[QdrantGrpc, ServerInfo]:
+    endpoint = endpoint_of(cfg)
+    probe = QdrantGrpc(endpoint, CONNECT_POLICY)
+    try:
+        info = probe.health()
+    except QdrantUnavailable:
+        raise PreconditionError(
+            f"cannot reach Qdrant over gRPC at {endpoint.address} (tried {CONNECT_POLICY.max_attempts} times); "
+            "check qdrant.url / qdrant.grpc_port (or QDRANT_URL) and that the server is up"
+        ) from None
+    finally:
+        probe.close()
+    log.info("connected to %s at %s, version %s", info.title, endpoint.address, info.version)
+    return QdrantGrpc(endpoint, policy_of(cfg)), info
+
+
+def make_store(cfg, client: QdrantGrpc) -> CheckpointStore:
+    if cfg.checkpoint.store == "uri":
+        return UriCheckpointStore(cfg.checkpoint.uri)
+    return QdrantCheckpointStore(client, cfg.checkpoint.collection)
+
+
+def check_source(cfg, client: QdrantGrpc) -> tuple[pb.CollectionInfo, int]:
+    src = cfg.source.collection
+    info = client.collection_info(src)
+    if info is None:
+        known = ", ".join(sorted(client.list_collections())[:10]) or "none"
+        raise PreconditionError(
+            f"source collection {src!r} does not exist on {client.endpoint.address} (collections: {known}); "
+            "set source.collection to an existing collection or alias"
+        )
+    total = client.count(src, exact=True)
+    if total == 0:
+        return info, 0
+    spec = text_spec_of(cfg)
+    points, _ = client.scroll(src, None, TEXT_PROBE_POINTS, with_payload=True)
+    reasons = [spec.extract(p.payload)[1] for p in points]
+    if all(r is not None and r.startswith("missing field") for r in reasons):
+        seen = sorted({k for p in points for k in p.payload.keys()})[:12]
+        raise PreconditionError(
+            f"the text field ({spec.describe()}) is absent from every one of {len(points)} sampled points of "
+            f"{src!r} (payload fields seen: {', '.join(seen) or 'none'}); set source.text_field or "
+            "source.text_template to where the text lives"
+        )
+    return info, total
+
+
+def _target_vector_size(info: pb.CollectionInfo, name: str) -> int | None:
+    vc = info.config.params.vectors_config
+    if vc.HasField("params"):
+        return int(vc.params.size) if name == "" else None
+    if vc.HasField("params_map") and name in vc.params_map.map:
+        return int(vc.params_map.map[name].size)
+    return None
+
+
+def _metadata_job(info: pb.CollectionInfo) -> str | None:
+    meta = values.payload_to_python(info.config.metadata) if hasattr(info.config, "metadata") else {}
+    tag = meta.get(METADATA_KEY)
+    return tag.get("job_id") if isinstance(tag, dict) else None
+
+
+def check_target(cfg, client: QdrantGrpc, job_id: str, dim: int | None) -> pb.CollectionInfo | None:
+    name = target_collection(cfg)
+    if name == cfg.source.collection and cfg.strategy == "new_collection":
+        raise PreconditionError(
+            "target.collection equals source.collection; new_collection never writes the source: "
+            "choose a new target.collection name"
+        )
+    info = client.collection_info(name)
+    if info is None:
+        return None
+    owner = _metadata_job(info)
+    if owner is not None and owner != job_id:
+        raise PreconditionError(
+            f"target collection {name!r} belongs to another reembed job ({owner}); choose another "
+            "target.collection, or delete that collection if the other job is abandoned"
+        )
+    if owner is None and client.count(name) > 0:
+        raise PreconditionError(
+            f"target collection {name!r} already exists with points and was not created by reembed; "
+            "choose a new target.collection name"
+        )
+    if dim is not None:
+        have = _target_vector_size(info, cfg.target.vector_name or "")
+        if have is None:
+            raise PreconditionError(
+                f"target collection {name!r} has no vector named {cfg.target.vector_name or '(unnamed)'!r}; "
+                "fix target.vector_name or choose a new target.collection"
+            )
+        if have != dim:
+            raise PreconditionError(
+                f"the model makes {dim}-d vectors but target {name!r} vector "
+                f"{cfg.target.vector_name or '(unnamed)'!r} is {have}-d; choose a new target.collection "
+                "(or set model.matryoshka_dim to match)"
+            )
+    return info
+
+
+def create_target(cfg, client: QdrantGrpc, source: pb.CollectionInfo, job_id: str, model: dict,
+                  server: ServerInfo) -> None:
+    name = target_collection(cfg)
+    distance = getattr(pb.Distance, cfg.target.distance)
+    params = pb.VectorParams(size=int(model["dim"]), distance=distance, on_disk=cfg.target.on_disk)
+    if cfg.target.hnsw_m is not None or cfg.target.hnsw_ef_construct is not None:
+        if cfg.target.hnsw_m is not None:
+            params.hnsw_config.m = cfg.target.hnsw_m
+        if cfg.target.hnsw_ef_construct is not None:
+            params.hnsw_config.ef_construct = cfg.target.hnsw_ef_construct
+    req = pb.CreateCollection(collection_name=name)
+    if cfg.target.vector_name:
+        req.vectors_config.params_map.map[cfg.target.vector_name].CopyFrom(params)
+    else:
+        req.vectors_config.params.CopyFrom(params)
+    if server.version_tuple() >= (1, 16, 0):
+        prov = {k: v for k, v in model.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        for key, value in values.payload_from_python({METADATA_KEY: {"job_id": job_id, "model": prov}}).items():
+            req.metadata[key].CopyFrom(value)
+    client.create_collection(req)
+    # Payload indexes before ingest (Qdrant bulk guidance): the same fields the source indexes.
+    for field_name, schema in source.payload_schema.items():
+        client.create_field_index(name, field_name, schema.data_type,
+                                  schema.params if schema.HasField("params") else None)
+    log.info("created target %s (%d-d %s, %d payload indexes)", name, model["dim"], cfg.target.distance,
+             len(source.payload_schema))
+
+
+def fingerprint_parts(cfg, model: dict, boundaries: list) -> dict[str, Any]:
+    from engine.embed.base import IDENTITY_KEYS
+
+    return {
+        "source": cfg.source.collection,
+        "target": target_collection(cfg),
+        "vector": cfg.target.vector_name or "",
+        "strategy": cfg.strategy,
+        "text": text_spec_of(cfg).describe(),
+        "model": {k: model.get(k) for k in IDENTITY_KEYS},
+        "boundaries": boundaries,
+    }
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, ignore_reinit_error=True,
+                 log_to_driver=True, configure_logging=False)
+
+
+def build_runtime(cfg, job_id: str):
+    import ray
+
+    from actors.runtime import RayRuntime, RuntimeSpec
+
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    p = cfg.pipeline
+    spec_model = cfg.model_spec()
+    if gpus > 0:
+        per = float(p.embed_gpus_per_actor)
+        n_embed = p.embed_actors or max(1, int(gpus / per))
+        gpu_per, cpu_per = per, 1.0
+    else:
+        n_embed = p.embed_actors or 1
+        gpu_per = 0.0
+        cpu_per = max(1.0, float(int(cpus // n_embed)))
+        if spec_model.get("threads") is None:
+            spec_model["threads"] = int(cpu_per)
+    sink = SinkSpec(collection=target_collection(cfg), vector_name=cfg.target.vector_name or "",
+                    mode="insert_only", upload_batch=p.upload_batch, max_request_bytes=p.max_request_bytes,
+                    requests_in_flight=p.upload_requests_in_flight)
+    spec = RuntimeSpec(
+        endpoint=endpoint_of(cfg), policy=policy_of(cfg), source_collection=cfg.source.collection,
+        text_field=None if cfg.source.text_template else cfg.source.text_field,
+        text_template=cfg.source.text_template, model_spec=spec_model, sink=sink,
+        scroll_actors=p.scroll_actors, embed_actors=n_embed, upload_actors=p.upload_actors,
+        gpus_per_embed_actor=gpu_per, cpus_per_embed_actor=cpu_per, name_prefix=f"reembed-{job_id}",
+    )
+    return RayRuntime(spec), n_embed
+
+
+class Progress:
+    """Points done / total, points/s and ETA on stderr: a live bar on a terminal, a log line every 10 s otherwise."""
+
+    def __init__(self, total: int, done0: int, enabled: bool = True) -> None:
+        self.total, self.done0, self.enabled = total, done0, enabled
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, state: JobState, stats: RunStats) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        done = state.written + state.skipped
+        rate = (done - self.done0) / max(1e-6, now - self.t0)
+        left = max(0, self.total - done)
+        eta = f"{int(left / rate // 60)}m{int(left / rate % 60):02d}s" if rate > 0 else "?"
+        frac = min(1.0, done / self.total) if self.total else 1.0
+        line = (f"{done:,}/{self.total:,} points ({frac:.0%}) {rate:,.0f} points/s ETA {eta} "
+                f"retries {sum(stats.retries.values())} redone pages {stats.pages_redone}")
+        if self.tty:
+            bar = "#" * int(frac * 30)
+            sys.stderr.write(f"\r[{bar:<30}] {line}   ")
+            sys.stderr.flush()
+        else:
+            log.info("progress: %s", line)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+
+
+def run_job(cfg, *, restart: bool = False, progress: bool = True,
+            on_runtime: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the job; returns the summary. Raises ReembedError subclasses with one-line causes."""
+    t0 = time.monotonic()
+    if cfg.strategy not in ("new_collection", "auto"):
+        raise PreconditionError(
+            f"strategy {cfg.strategy!r} is not available in this version; use strategy: new_collection"
+        )
+    client, server = connect(cfg)
+    job_id = job_id_of(cfg)
+    source_info, total = check_source(cfg, client)
+    check_target(cfg, client, job_id, dim=None)
+    store = make_store(cfg, client)
+    state = store.load(job_id)
+    if state is not None and restart:
+        log.info("--restart: discarding the checkpoint of job %s (the target keeps what was written)", job_id)
+        store.delete(job_id)
+        state = None
+    if state is not None and state.finished:
+        log.info("job %s already finished; nothing to do", job_id)
+        return summary(cfg, job_id, state, total, t0, None, already=True)
+
+    init_ray()
+    runtime, n_embed = build_runtime(cfg, job_id)
+    try:
+        model = runtime.describe_model()
+        fp_now = lambda b: fingerprint(fingerprint_parts(cfg, model, b))  # noqa: E731
+        if state is not None:
+            check_resume(state, fp_now(state.boundaries),
+                         differences=_diff(state.info.get("parts", {}), fingerprint_parts(cfg, model,
+                                                                                           state.boundaries)))
+        target_info = check_target(cfg, client, job_id, dim=int(model["dim"]))
+        if target_info is None:
+            create_target(cfg, client, source_info, job_id, model, server)
+        if state is None:
+            boundaries = planning.plan_boundaries(client, cfg.source.collection, cfg.pipeline.shards)
+            parts = fingerprint_parts(cfg, model, boundaries)
+            state = JobState(job_id=job_id, fingerprint=fingerprint(parts), boundaries=boundaries,
+                             shards=planning.shard_states(boundaries),
+                             info={"parts": parts, "server": server.version, "model": model,
+                                   "config": cfg.redacted()})
+            store.save(state)
+        if on_runtime is not None:
+            on_runtime(runtime)
+        dead = DeadLetters(cfg.dead_letter.dir, job_id)
+        bar = Progress(total, state.written + state.skipped, enabled=progress)
+        window = cfg.pipeline.pages_in_flight * (n_embed + cfg.pipeline.upload_actors)
+        coordinator = Coordinator(state, runtime, store, page_size=cfg.pipeline.scroll_page, window=window,
+                                  on_progress=bar, on_dead=dead.record)
+        log.info("job %s: %d points in %s, %d shards (%d done), %d embed / %d upload / %d scroll actors",
+                 job_id, total, cfg.source.collection, len(state.shards), sum(s.done for s in state.shards),
+                 n_embed, cfg.pipeline.upload_actors, cfg.pipeline.scroll_actors)
+        stats = coordinator.run()
+        bar.close()
+        state.finished = True
+        state.info["dead_letters"], _ = dead.finish()
+        store.save(state)
+    finally:
+        runtime.shutdown()
+        client.close()
+    return summary(cfg, job_id, state, total, t0, stats)
+
+
+def _diff(before: dict, now: dict) -> str:
+    keys = [k for k in now if before.get(k) != now.get(k)]
+    return ", ".join(f"{k} changed" for k in keys)
+
+
+def summary(cfg, job_id: str, state: JobState, total: int, t0: float, stats: RunStats | None,
+            already: bool = False) -> dict[str, Any]:
+    elapsed = time.monotonic() - t0
+    out: dict[str, Any] = {
+        "job_id": job_id,
+        "strategy": cfg.strategy,
+        "source": cfg.source.collection,
+        "target": target_collection(cfg),
+        "points_total": total,
+        "points_written": state.written,
+        "points_skipped": state.skipped,
+        "elapsed_s": round(elapsed, 3),
+        "points_per_s": 0.0,
+        "already_complete": already,
+        "dead_letters": state.info.get("dead_letters"),
+    }
+    if stats is not None:
+        done = stats.timeline[-1][1] if stats.timeline else 0
+        out["points_per_s"] = round(done / elapsed, 1) if elapsed > 0 else 0.0
+        out.update(pages_written=stats.pages_written, pages_redone=stats.pages_redone,
+                   points_redone=stats.points_redone, retries=stats.retries, write_requests=stats.write_requests)
+    return out
+
+
+def dumps(summary_: dict[str, Any]) -> str:
+    return json.dumps(summary_, sort_keys=True, default=str)

@@ -1,0 +1,48 @@
+"""The unit of flow and of retry: one scrolled page of one shard.
+
+A page crosses Ray as plain Python (protobuf messages cannot be pickled): point ids, each point's (id, payload)
+as serialised PointStruct bytes, and the texts of the points that have usable text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.qdrant.wire import PointIdValue
+
+
+@dataclass
+class PageMeta:
+    """What the coordinator needs to know about a page; the bulky parts travel separately."""
+
+    shard: int
+    seq: int
+    start: PointIdValue | None  # scroll offset this page was read from (inclusive); None = the shard's start
+    next_offset: PointIdValue | None  # first id after this page inside the shard; None = shard exhausted
+    n_points: int
+    n_texts: int
+    dead: list[tuple[PointIdValue, str]] = field(default_factory=list)  # points without usable text, with reason
+
+    @property
+    def exhausted(self) -> bool:
+        return self.next_offset is None
+
+
+@dataclass
+class PageBody:
+    """The points of a page for the writer: serialised (id, payload) and which of them get a new vector."""
+
+    ids: list[PointIdValue]
+    blobs: list[bytes]
+    text_index: list[int]  # positions in ids/blobs of points whose text was embedded, in the order of `texts`
+
+
+@dataclass
+class WriteAck:
+    shard: int
+    seq: int
+    written: int  # points written with a new vector
+    skipped: int  # points written (or left) without a new vector: dead letters
+    dead: list[tuple[PointIdValue, str]] = field(default_factory=list)  # points the writer could not write at all
+    requests: int = 0
+    retries: dict[str, int] = field(default_factory=dict)

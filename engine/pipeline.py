@@ -1,0 +1,191 @@
+"""The coordinator loop: bounded pages in flight, ordered commit, re-reading pages whose worker was lost.
+
+It drives a `Runtime` (Ray actors in production, threads in unit tests) and never touches page data itself: the
+runtime hands it page metadata and write acknowledgements only, so the driver stays small however big the
+collection is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from engine import tunables
+from engine.checkpoint import CheckpointStore, JobState, OrderedCommit
+from engine.errors import ReembedError
+from engine.page import PageMeta, WriteAck
+from engine.qdrant.wire import PointIdValue
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_ATTEMPTS = 6  # a page whose workers die this often points at a poisoned input or a broken node
+
+
+class WorkerLost(Exception):
+    """A worker died or lost its result; the page is safe to redo (every write is idempotent)."""
+
+
+class Runtime(Protocol):
+    def read(self, shard: int, seq: int, start: PointIdValue | None, stop: PointIdValue | None, limit: int,
+             to_stop: bool) -> Any: ...
+
+    def process(self, read_handle: Any, meta: PageMeta) -> Any: ...
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
+
+    def result(self, handle: Any) -> Any: ...
+
+
+@dataclass
+class _Page:
+    shard: int
+    seq: int
+    start: PointIdValue | None
+    stop: PointIdValue | None  # shard end for a first read; the page's own end for a re-read
+    meta: PageMeta | None = None
+    attempts: int = 1
+    to_stop: bool = False
+
+
+@dataclass
+class RunStats:
+    pages_read: int = 0
+    pages_written: int = 0
+    pages_redone: int = 0
+    points_redone: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    dead_count: int = 0
+    dead_sample: list[tuple[int, PointIdValue, str]] = field(default_factory=list)  # the first few, for logs
+    write_requests: int = 0
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (elapsed s, points committed)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        state: JobState,
+        runtime: Runtime,
+        store: CheckpointStore,
+        *,
+        page_size: int,
+        window: int,
+        on_progress: Callable[[JobState, RunStats], None] | None = None,
+        on_dead: Callable[[int, list[tuple[PointIdValue, str]], PageMeta], None] | None = None,
+        save_interval_s: float = tunables.CHECKPOINT_MIN_INTERVAL_S,
+    ) -> None:
+        self.state = state
+        self.runtime = runtime
+        self.store = store
+        self.page_size = page_size
+        self.window = max(1, window)
+        self.on_progress = on_progress
+        self.on_dead = on_dead
+        self.save_interval_s = save_interval_s
+        self.stats = RunStats()
+
+    def run(self) -> RunStats:
+        shards = [s for s in self.state.shards if not s.done]
+        commits = {s.shard: OrderedCommit(s) for s in shards}
+        next_start: dict[int, PointIdValue | None] = {s.shard: s.cursor for s in shards}
+        next_seq = {s.shard: 0 for s in shards}
+        exhausted: set[int] = set()
+        reading: set[int] = set()  # shards with a first read in flight: the next one needs its next_offset
+        reads: dict[Any, _Page] = {}
+        procs: dict[Any, _Page] = {}
+        last_save = 0.0
+        dirty = False
+        t0 = time.monotonic()
+        order = [s.shard for s in shards]
+        rr = 0
+
+        def submit_read(page: _Page) -> None:
+            h = self.runtime.read(page.shard, page.seq, page.start, page.stop, self.page_size, page.to_stop)
+            reads[h] = page
+
+        def redo(page: _Page, cause: BaseException) -> None:
+            page.attempts += 1
+            if page.attempts > MAX_PAGE_ATTEMPTS:
+                raise ReembedError(
+                    f"page {page.seq} of shard {page.shard} failed {MAX_PAGE_ATTEMPTS} times (last: {cause}); "
+                    "check the worker logs (ray logs) for the cause, then re-run to resume"
+                )
+            self.stats.pages_redone += 1
+            if page.meta is not None:
+                self.stats.points_redone += page.meta.n_points
+                # Re-read exactly the range the page covered the first time.
+                page.stop = page.meta.next_offset if page.meta.next_offset is not None else page.stop
+                page.to_stop = True
+            log.warning("redoing page %d of shard %d (attempt %d): %s", page.seq, page.shard, page.attempts, cause)
+            submit_read(page)
+
+        while any(not s.done for s in shards):
+            # Fill the window round-robin over shards, one first-read in flight per shard.
+            for _ in range(len(order)):
+                if len(reads) + len(procs) >= self.window:
+                    break
+                shard = order[rr % len(order)]
+                rr += 1
+                if shard in exhausted or shard in reading:
+                    continue
+                st = self.state.shards[shard]
+                page = _Page(shard, next_seq[shard], next_start[shard], st.hi)
+                next_seq[shard] += 1
+                reading.add(shard)
+                submit_read(page)
+            pending = list(reads) + list(procs)
+            if not pending:
+                raise ReembedError("internal: no work in flight but shards unfinished; re-run to resume")
+            for h in self.runtime.wait(pending, timeout=0.5):
+                if h in reads:
+                    page = reads.pop(h)
+                    first_read = page.meta is None
+                    try:
+                        meta: PageMeta = self.runtime.result(h)
+                    except WorkerLost as exc:
+                        redo(page, exc)  # a lost first read stays the shard's first read
+                        continue
+                    if first_read:
+                        page.meta = meta
+                        reading.discard(page.shard)
+                        next_start[page.shard] = meta.next_offset
+                        if meta.exhausted:
+                            exhausted.add(page.shard)
+                    else:
+                        # A re-read keeps the first read's end so the shard's later pages still line up.
+                        meta.next_offset = page.meta.next_offset  # type: ignore[union-attr]
+                        page.meta = meta
+                    self.stats.pages_read += 1
+                    procs[self.runtime.process(h, meta)] = page
+                else:
+                    page = procs.pop(h)
+                    try:
+                        ack: WriteAck = self.runtime.result(h)
+                    except WorkerLost as exc:
+                        redo(page, exc)
+                        continue
+                    meta = page.meta  # type: ignore[assignment]
+                    self.stats.pages_written += 1
+                    self.stats.write_requests += ack.requests
+                    for cause, n in ack.retries.items():
+                        self.stats.retries[cause] = self.stats.retries.get(cause, 0) + n
+                    dead = list(meta.dead) + list(ack.dead)
+                    if dead and self.on_dead is not None:
+                        self.on_dead(page.shard, dead, meta)
+                    self.stats.dead_count += len(dead)
+                    room = 20 - len(self.stats.dead_sample)
+                    if room > 0:
+                        self.stats.dead_sample.extend((page.shard, pid, why) for pid, why in dead[:room])
+                    if commits[page.shard].ack(page.seq, meta.next_offset, ack.written, ack.skipped):
+                        dirty = True
+            now = time.monotonic()
+            if dirty and now - last_save >= self.save_interval_s:
+                self.store.save(self.state)
+                last_save, dirty = now, False
+                self.stats.timeline.append((now - t0, self.state.written + self.state.skipped))
+            if self.on_progress is not None:
+                self.on_progress(self.state, self.stats)
+        self.store.save(self.state)
+        self.stats.timeline.append((time.monotonic() - t0, self.state.written + self.state.skipped))
+        return self.stats

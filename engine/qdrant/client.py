@@ -1,0 +1,198 @@
+"""A small blocking gRPC client for everything except the bulk write path: server version, collections, aliases,
+scroll pages, counts, sampling, and the few small writes checkpoints need.
+
+It uses raw stubs rather than qdrant-client so that the engine depends only on the wire protocol (the same stubs
+every Qdrant server speaks) and so every call goes through one retry policy with one error translation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TypeVar
+
+from qdrant_client import grpc as pb
+
+from engine.errors import NotFound, PreconditionError
+from engine.qdrant import retry, wire
+from engine.qdrant.connection import Endpoint
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    title: str
+    version: str
+
+    def version_tuple(self) -> tuple[int, int, int]:
+        return parse_version(self.version)
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    core = text.strip().lstrip("v").split("-")[0].split("+")[0]
+    parts = (core.split(".") + ["0", "0", "0"])[:3]
+    try:
+        return tuple(int(p) for p in parts)  # type: ignore[return-value]
+    except ValueError:
+        return (0, 0, 0)
+
+
+class QdrantGrpc:
+    def __init__(self, endpoint: Endpoint, policy: retry.RetryPolicy | None = None,
+                 stats: retry.RetryStats | None = None) -> None:
+        self.endpoint = endpoint
+        self.policy = policy or retry.RetryPolicy()
+        self.stats = stats or retry.RetryStats()
+        self._channel = endpoint.channel()
+        self.points = pb.PointsStub(self._channel)
+        self.collections = pb.CollectionsStub(self._channel)
+        self.qdrant = pb.QdrantStub(self._channel)
+        self._raw_upsert = self._channel.unary_unary(
+            "/qdrant.Points/Upsert", request_serializer=None,
+            response_deserializer=pb.PointsOperationResponse.FromString,
+        )
+        self._raw_update_vectors = self._channel.unary_unary(
+            "/qdrant.Points/UpdateVectors", request_serializer=None,
+            response_deserializer=pb.PointsOperationResponse.FromString,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "QdrantGrpc":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, what: str, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        md = self.endpoint.metadata()
+        t = timeout or self.endpoint.timeout_s
+        return retry.call(
+            lambda: method(request, metadata=md, timeout=t),
+            what=what, address=self.endpoint.address, policy=self.policy, stats=self.stats,
+        )
+
+    # --- server ---------------------------------------------------------------------------------------------------
+    def health(self) -> ServerInfo:
+        reply = self._call("health check", self.qdrant.HealthCheck, pb.HealthCheckRequest())
+        return ServerInfo(title=reply.title, version=reply.version)
+
+    # --- collections ----------------------------------------------------------------------------------------------
+    def collection_exists(self, name: str) -> bool:
+        reply = self._call(f"check collection {name!r}", self.collections.CollectionExists,
+                           pb.CollectionExistsRequest(collection_name=name))
+        return bool(reply.result.exists)
+
+    def collection_info(self, name: str) -> pb.CollectionInfo | None:
+        """The collection (or alias target) description, or None if it does not exist."""
+        try:
+            return self._call(f"describe collection {name!r}", self.collections.Get,
+                              pb.GetCollectionInfoRequest(collection_name=name)).result
+        except NotFound:
+            return None
+
+    def list_collections(self) -> list[str]:
+        reply = self._call("list collections", self.collections.List, pb.ListCollectionsRequest())
+        return [c.name for c in reply.collections]
+
+    def create_collection(self, request: pb.CreateCollection) -> None:
+        self._call(f"create collection {request.collection_name!r}", self.collections.Create, request)
+
+    def delete_collection(self, name: str) -> None:
+        self._call(f"delete collection {name!r}", self.collections.Delete,
+                   pb.DeleteCollection(collection_name=name))
+
+    def update_collection(self, request: pb.UpdateCollection) -> None:
+        self._call(f"update collection {request.collection_name!r}", self.collections.Update, request)
+
+    def list_aliases(self) -> dict[str, str]:
+        """alias -> collection."""
+        reply = self._call("list aliases", self.collections.ListAliases, pb.ListAliasesRequest())
+        return {a.alias_name: a.collection_name for a in reply.aliases}
+
+    def update_aliases(self, actions: Sequence[pb.AliasOperations]) -> None:
+        self._call("update aliases", self.collections.UpdateAliases, pb.ChangeAliases(actions=list(actions)))
+
+    def resolve(self, name: str) -> str:
+        """The collection behind a name that may be an alias."""
+        return self.list_aliases().get(name, name)
+
+    def create_field_index(self, collection: str, field: str, field_type: int,
+                           params: pb.PayloadIndexParams | None = None) -> None:
+        req = pb.CreateFieldIndexCollection(collection_name=collection, field_name=field, wait=True,
+                                            field_type=field_type)
+        if params is not None:
+            req.field_index_params.CopyFrom(params)
+        self._call(f"create payload index {field!r} on {collection!r}", self.points.CreateFieldIndex, req)
+
+    # --- points ---------------------------------------------------------------------------------------------------
+    def scroll(self, collection: str, offset: wire.PointIdValue | None, limit: int, *,
+               with_payload: bool | pb.WithPayloadSelector = True,
+               with_vectors: bool | pb.WithVectorsSelector = False,
+               flt: pb.Filter | None = None) -> tuple[list[pb.RetrievedPoint], wire.PointIdValue | None]:
+        req = pb.ScrollPoints(collection_name=collection, limit=limit)
+        if offset is not None:
+            req.offset.CopyFrom(wire.point_id(offset))
+        if isinstance(with_payload, bool):
+            req.with_payload.enable = with_payload
+        else:
+            req.with_payload.CopyFrom(with_payload)
+        if isinstance(with_vectors, bool):
+            req.with_vectors.enable = with_vectors
+        else:
+            req.with_vectors.CopyFrom(with_vectors)
+        if flt is not None:
+            req.filter.CopyFrom(flt)
+        reply = self._call(f"scroll {collection!r}", self.points.Scroll, req)
+        nxt = wire.id_value(reply.next_page_offset) if reply.HasField("next_page_offset") else None
+        return list(reply.result), nxt
+
+    def count(self, collection: str, exact: bool = True, flt: pb.Filter | None = None) -> int:
+        req = pb.CountPoints(collection_name=collection, exact=exact)
+        if flt is not None:
+            req.filter.CopyFrom(flt)
+        return int(self._call(f"count {collection!r}", self.points.Count, req).result.count)
+
+    def get(self, collection: str, ids: Sequence[wire.PointIdValue], *, with_payload: bool = True,
+            with_vectors: bool | Sequence[str] = False) -> list[pb.RetrievedPoint]:
+        req = pb.GetPoints(collection_name=collection, ids=[wire.point_id(i) for i in ids])
+        req.with_payload.enable = with_payload
+        if isinstance(with_vectors, bool):
+            req.with_vectors.enable = with_vectors
+        else:
+            req.with_vectors.include.names.extend(with_vectors)
+        return list(self._call(f"get points from {collection!r}", self.points.Get, req).result)
+
+    def sample_ids(self, collection: str, n: int) -> list[wire.PointIdValue]:
+        """About n random point ids (Query sample=random, Qdrant >= 1.11); falls back to reading every id."""
+        req = pb.QueryPoints(collection_name=collection, limit=n, query=pb.Query(sample=pb.Sample.Random))
+        req.with_payload.enable = False
+        try:
+            reply = self._call(f"sample ids of {collection!r}", self.points.Query, req)
+            return [wire.id_value(p.id) for p in reply.result]
+        except PreconditionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an old server without random sampling
+            log.info("random sampling unavailable (%s); reading all ids of %s to plan shards", exc, collection)
+        ids: list[wire.PointIdValue] = []
+        offset = None
+        while True:
+            page, offset = self.scroll(collection, offset, 10_000, with_payload=False)
+            ids.extend(wire.id_value(p.id) for p in page)
+            if offset is None:
+                return ids
+
+    def upsert_raw(self, request: bytes, what: str) -> None:
+        """A pre-serialised UpsertPoints (engine.qdrant.wire); the caller guarantees it is safe to repeat."""
+        self._call(what, self._raw_upsert, request)
+
+    def update_vectors_raw(self, request: bytes, what: str) -> None:
+        self._call(what, self._raw_update_vectors, request)
+
+    def delete_points(self, collection: str, ids: Sequence[wire.PointIdValue], wait: bool = True) -> None:
+        req = pb.DeletePoints(collection_name=collection, wait=wait,
+                              points=pb.PointsSelector(points=pb.PointsIdsList(ids=[wire.point_id(i) for i in ids])))
+        self._call(f"delete points from {collection!r}", self.points.Delete, req)

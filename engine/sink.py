@@ -1,0 +1,129 @@
+"""Sink: writes a page's points with their new vectors over one grpc.aio channel.
+
+Requests carry 64-256 points (Qdrant's bulk guidance) and stay far below the server's 32 MiB request cap; a bounded
+number of requests is in flight per writer. Every write is idempotent — `insert_only` upserts for a new collection
+(a point the live application already wrote with the new model is never overwritten), `UpdateVectors` in place —
+so retries after an unknown outcome are harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from qdrant_client import grpc as pb
+
+from engine import tunables
+from engine.page import PageBody, WriteAck
+from engine.qdrant import retry, wire
+from engine.qdrant.connection import Endpoint
+
+log = logging.getLogger(__name__)
+
+QDRANT_MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the server's max_request_size_mb default
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    collection: str
+    vector_name: str  # "" = the unnamed default vector
+    mode: str = "insert_only"  # insert_only | update_vectors
+    upload_batch: int = tunables.UPLOAD_BATCH
+    max_request_bytes: int = tunables.MAX_REQUEST_BYTES
+    requests_in_flight: int = tunables.UPLOAD_REQUESTS_IN_FLIGHT
+    wait: bool = True  # ordered commit needs "applied", not "in the WAL"
+
+
+class QdrantSink:
+    def __init__(self, endpoint: Endpoint, spec: SinkSpec, policy: retry.RetryPolicy | None = None) -> None:
+        self.endpoint = endpoint
+        self.spec = spec
+        self.policy = policy or retry.RetryPolicy()
+        self._channel = None
+        self._sem: asyncio.Semaphore | None = None
+        self._method = "/qdrant.Points/Upsert" if spec.mode == "insert_only" else "/qdrant.Points/UpdateVectors"
+
+    def _ensure_channel(self):
+        # Created lazily inside the running event loop: grpc.aio channels bind to the loop that made them.
+        if self._channel is None:
+            self._channel = self.endpoint.aio_channel()
+            self._call = self._channel.unary_unary(
+                self._method, request_serializer=None,
+                response_deserializer=pb.PointsOperationResponse.FromString,
+            )
+            self._sem = asyncio.Semaphore(self.spec.requests_in_flight)
+        return self._call
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def encode(self, body: PageBody, vectors: np.ndarray | None) -> tuple[list[wire.PointIdValue], list[bytes]]:
+        """Serialised points (PointStruct or PointVectors) in page order, with the new vector where there is one."""
+        name = self.spec.vector_name
+        vec_rows: dict[int, bytes] = {}
+        if vectors is not None and len(body.text_index):
+            arr = np.ascontiguousarray(vectors, dtype="<f4")
+            for row, pos in enumerate(body.text_index):
+                vec_rows[pos] = wire.dense_vector(arr[row].tobytes())
+        ids: list[wire.PointIdValue] = []
+        out: list[bytes] = []
+        if self.spec.mode == "insert_only":
+            for pos, blob in enumerate(body.blobs):
+                vec = vec_rows.get(pos)
+                if vec is None and name == "":
+                    continue  # an unnamed-vector collection cannot hold a point without a vector; it is dead-lettered
+                ids.append(body.ids[pos])
+                out.append(blob + (wire.vectors_field({name: vec}) if vec is not None else wire.EMPTY_NAMED_VECTORS))
+        else:
+            for pos, vec in vec_rows.items():
+                pid = wire.point_id(body.ids[pos]).SerializeToString()
+                ids.append(body.ids[pos])
+                out.append(wire.point_vectors(pid, {name: vec}))
+        return ids, out
+
+    def _request(self, points: Sequence[bytes]) -> bytes:
+        if self.spec.mode == "insert_only":
+            return wire.upsert_request(self.spec.collection, points, wait=self.spec.wait, insert_only=True)
+        return wire.update_vectors_request(self.spec.collection, points, wait=self.spec.wait)
+
+    async def _send(self, request: bytes, what: str, stats: retry.RetryStats) -> None:
+        call = self._ensure_channel()
+        md = self.endpoint.metadata()
+        timeout = self.endpoint.timeout_s
+        assert self._sem is not None
+        async with self._sem:
+            await retry.call_async(
+                lambda: call(request, metadata=md, timeout=timeout),
+                what=what, address=self.endpoint.address, policy=self.policy, stats=stats,
+            )
+
+    async def write(self, shard: int, seq: int, body: PageBody, vectors: np.ndarray | None) -> WriteAck:
+        ids, points = self.encode(body, vectors)
+        written = len(body.text_index)
+        skipped = len(body.ids) - written
+        dead: list[tuple[wire.PointIdValue, str]] = []
+        limit = QDRANT_MAX_REQUEST_BYTES - 64 * 1024  # headroom for the request header and framing
+        ranges = wire.split_by_size(points, self.spec.upload_batch, self.spec.max_request_bytes)
+        sends = []
+        stats = retry.RetryStats()  # per page, so the coordinator can add them up
+        for a, b in ranges:
+            if b - a == 1 and len(points[a]) > limit:
+                # One point alone exceeds what any Qdrant server accepts: record it, never crash the job.
+                dead.append((ids[a], f"point is {len(points[a])} bytes, over the 32 MiB request limit"))
+                continue
+            what = f"write {b - a} points to {self.spec.collection!r} (shard {shard}, page {seq})"
+            sends.append(self._send(self._request(points[a:b]), what, stats))
+        await asyncio.gather(*sends)
+        if dead:
+            dead_ids = {pid for pid, _ in dead}
+            text_ids = {body.ids[p] for p in body.text_index}
+            lost_written = len(dead_ids & text_ids)
+            written -= lost_written  # a text point that could not be written at all becomes a dead letter
+            skipped += lost_written
+        return WriteAck(shard=shard, seq=seq, written=written, skipped=skipped, dead=dead,
+                        requests=len(sends), retries=stats.snapshot())

@@ -1,0 +1,74 @@
+import uuid
+
+import pytest
+
+from engine.checkpoint import JobState, OrderedCommit, ShardState, UriCheckpointStore, check_resume, fingerprint
+from engine.errors import CheckpointMismatch
+from engine.plan import boundaries_from_sample, shard_states
+from engine.qdrant import wire
+
+
+def U(n):
+    return str(uuid.UUID(int=n))
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [list(range(0, 1000, 3)), [U(i * 7919) for i in range(1, 300)], list(range(100)) + [U(i) for i in range(1, 100)]],
+    ids=["int", "uuid", "mixed"],
+)
+def test_boundaries_are_sorted_distinct_and_cover(sample):
+    cuts = boundaries_from_sample(sample, 8)
+    keys = [wire.id_key(c) for c in cuts]
+    assert keys == sorted(set(keys)) and 1 <= len(cuts) <= 7
+    shards = shard_states(cuts)
+    assert shards[0].lo is None and shards[-1].hi is None
+    # every sampled id falls in exactly one shard
+    for pid in sample:
+        k = wire.id_key(pid)
+        owners = [s for s in shards if (s.lo is None or wire.id_key(s.lo) <= k) and (s.hi is None or k < wire.id_key(s.hi))]
+        assert len(owners) == 1
+
+
+def test_mixed_boundaries_put_ints_first():
+    cuts = boundaries_from_sample(list(range(50)) + [U(i) for i in range(1, 51)], 4)
+    assert any(isinstance(c, str) for c in cuts) and any(isinstance(c, int) for c in cuts)
+
+
+def test_degenerate_samples():
+    assert boundaries_from_sample([], 8) == []
+    assert boundaries_from_sample([5, 5, 5], 8) == []
+    assert boundaries_from_sample(list(range(100)), 1) == []
+
+
+def test_ordered_commit_moves_only_over_gap_free_prefix():
+    st = ShardState(shard=0, lo=None, hi=None, cursor=None)
+    c = OrderedCommit(st)
+    assert not c.ack(1, 200, 10, 1)  # seq 0 still missing
+    assert st.cursor is None and st.written == 0
+    assert c.ack(0, 100, 10, 0)
+    assert st.cursor == 200 and st.written == 20 and st.skipped == 1 and not st.done
+    assert not c.ack(0, 100, 10, 0)  # a redone page already committed changes nothing
+    assert c.ack(2, None, 5, 0)
+    assert st.done and st.written == 25
+
+
+def test_state_json_roundtrip_keeps_id_types(tmp_path):
+    state = JobState(job_id="j1", fingerprint="f", boundaries=[10, U(3)],
+                     shards=shard_states([10, U(3)]))
+    state.shards[1].cursor = 42
+    store = UriCheckpointStore(str(tmp_path / "ck"))
+    assert store.load("j1") is None
+    store.save(state)
+    back = store.load("j1")
+    assert back.boundaries == [10, U(3)] and back.shards[1].cursor == 42 and back.shards[2].lo == U(3)
+    store.delete("j1")
+    assert store.load("j1") is None
+
+
+def test_fingerprint_mismatch_fails_loudly():
+    parts = {"model": "a", "boundaries": [1, 2]}
+    state = JobState(job_id="j", fingerprint=fingerprint(parts), boundaries=[1, 2], shards=[])
+    check_resume(state, fingerprint(dict(parts)))
+    with pytest.raises(CheckpointMismatch, match="--restart"):
+        check_resume(state, fingerprint({**parts, "model": "b"}), "model changed")
