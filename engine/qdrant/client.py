@@ -196,3 +196,15 @@ class QdrantGrpc:
         req = pb.DeletePoints(collection_name=collection, wait=wait,
                               points=pb.PointsSelector(points=pb.PointsIdsList(ids=[wire.point_id(i) for i in ids])))
         self._call(f"delete points from {collection!r}", self.points.Delete, req)
+
+    def search(self, collection: str, vector, *, using: str | None = None, limit: int = 10, exact: bool = False,
+               with_payload: bool = True) -> list[pb.ScoredPoint]:
+        """Nearest neighbours of a dense vector (Query API)."""
+        req = pb.QueryPoints(collection_name=collection, limit=limit,
+                             query=pb.Query(nearest=pb.VectorInput(dense=pb.DenseVector(data=list(map(float, vector))))))
+        if using:
+            req.using = using
+        req.with_payload.enable = with_payload
+        if exact:
+            req.params.exact = True
+        return list(self._call(f"search {collection!r}", self.points.Query, req).result)
