@@ -28,4 +28,4 @@ MAX_BATCH_TEXTS = 512  # upper bound on texts per forward whatever the budget, b
 
 # --- checkpoints --------------------------------------------------------------------------------------------------
 CHECKPOINT_COLLECTION = "_reembed"  # progress lives in the target Qdrant so a resubmitted job on a new head resumes.
-CHECKPOINT_MIN_INTERVAL_S = 0.5  # coalesce cursor writes; a crash redoes at most this much acknowledged work.
+CHECKPOINT_MIN_INTERVAL_S = 0.0  # save on every cursor move (coalesced per loop turn): a crash redoes only in-flight pages.
