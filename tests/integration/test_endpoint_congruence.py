@@ -232,6 +232,13 @@ def test_query_nearest_threshold_offset_and_sample(endpoint_pair: tuple[QdrantCl
         filtered = client.query_points(name, query=q, limit=3, query_filter=flt, with_vectors=True)
         sparse = client.query_points(name, query=models.SparseVector(indices=[1], values=[1.0]), using="bm", limit=4)
         sample = client.query_points(name, query=models.SampleQuery(sample=models.Sample.RANDOM), limit=50)
+        hybrid = client.query_points(
+            name,
+            prefetch=[models.Prefetch(query=q, limit=8), models.Prefetch(query=models.SparseVector(indices=[1, 13], values=[1.0, 1.0]), using="bm", limit=8)],
+            query=models.FusionQuery(fusion=models.Fusion.RRF),
+            limit=5,
+        )
+        batch = client.query_batch_points(name, [models.QueryRequest(query=vec(k), limit=3) for k in (1, 7)])
 
         def scored(resp: models.QueryResponse) -> list[tuple[Any, float]]:
             return [(p.id, round(p.score, 4)) for p in resp.points]
@@ -243,10 +250,14 @@ def test_query_nearest_threshold_offset_and_sample(endpoint_pair: tuple[QdrantCl
             records(filtered.points),  # type: ignore[arg-type]
             sorted(p.id for p in sparse.points),
             sorted(p.id for p in sample.points),
+            [p.id for p in hybrid.points][:1],
+            [scored(r) for r in batch],
         )
 
     remote, local = both(endpoint_pair, ops)
     assert remote[:4] == local[:4]
+    assert remote[6:] == local[6:]  # hybrid: the fused winner (first in both prefetches); batch: as alone
+    assert remote[6] == [3]
     assert len(remote[4]) == len(local[4])  # sparse IDF ties may order differently; the hits must match in number
     assert remote[5] == local[5] == list(range(20))  # random sample: every point once, whatever the order
 

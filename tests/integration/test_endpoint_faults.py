@@ -94,9 +94,8 @@ def test_cli_rejects_a_bad_spec_with_exit_2(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def endpoint_faulty(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[EmbeddedServer, QdrantClient]]:
-    """A server with the spec given by the test's `faults` marker, and a client with one collection set up."""
-    marker = request.node.get_closest_marker("faults")
-    with EmbeddedServer(tmp_path, faults=marker.args[0], seed=marker.kwargs.get("seed", 0)) as server:
+    """A server with the fault spec the test passes as its (indirect) parameter, and a client with one collection."""
+    with EmbeddedServer(tmp_path, faults=request.param, seed=0) as server:
         client = QdrantClient(host="127.0.0.1", grpc_port=server.port, prefer_grpc=True, check_compatibility=False)
         client.create_collection("c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))  # admin: never faulted
         yield server, client
@@ -114,7 +113,7 @@ def _raw_count(server: EmbeddedServer) -> int:
         return coll.shard.info().points_count
 
 
-@pytest.mark.faults("unavailable=1")
+@pytest.mark.parametrize("endpoint_faulty", ["unavailable=1"], indirect=True)
 def test_unavailable_rejects_before_applying(endpoint_faulty: tuple[EmbeddedServer, QdrantClient]) -> None:
     server, client = endpoint_faulty
     with pytest.raises(grpc.RpcError) as err:
@@ -128,7 +127,7 @@ def test_unavailable_rejects_before_applying(endpoint_faulty: tuple[EmbeddedServ
     assert client.get_collection("c").status == models.CollectionStatus.GREEN  # nor is administration
 
 
-@pytest.mark.faults("exhausted=1,retry_after_s=0.25-0.25")
+@pytest.mark.parametrize("endpoint_faulty", ["exhausted=1,retry_after_s=0.25-0.25"], indirect=True)
 def test_exhausted_carries_retry_after(endpoint_faulty: tuple[EmbeddedServer, QdrantClient]) -> None:
     server, client = endpoint_faulty
     with pytest.raises(grpc.RpcError) as err:
@@ -138,7 +137,7 @@ def test_exhausted_carries_retry_after(endpoint_faulty: tuple[EmbeddedServer, Qd
     assert _raw_count(server) == 0
 
 
-@pytest.mark.faults("apply_then_fail=1")
+@pytest.mark.parametrize("endpoint_faulty", ["apply_then_fail=1"], indirect=True)
 def test_apply_then_fail_applies_the_write_then_times_out(endpoint_faulty: tuple[EmbeddedServer, QdrantClient]) -> None:
     server, client = endpoint_faulty
     with pytest.raises(grpc.RpcError) as err:
@@ -151,7 +150,7 @@ def test_apply_then_fail_applies_the_write_then_times_out(endpoint_faulty: tuple
     assert client.count("c").count == 2
 
 
-@pytest.mark.faults("latency_ms=80-80")
+@pytest.mark.parametrize("endpoint_faulty", ["latency_ms=80-80"], indirect=True)
 def test_latency_delays_data_calls(endpoint_faulty: tuple[EmbeddedServer, QdrantClient]) -> None:
     server, client = endpoint_faulty
     started = time.monotonic()

@@ -116,4 +116,14 @@ def test_kill_9_keeps_acknowledged_writes(tmp_path: Path) -> None:
         after = snapshot(client)
         assert client.count("p").count == 301
         client.close()
+        assert proc.stop() == 0  # SIGTERM: a clean stop, shards flushed
     assert after == before
+
+
+def test_taken_port_is_refused(tmp_path: Path) -> None:
+    with EmbeddedServer(tmp_path / "a") as first:
+        with pytest.raises(PreconditionError, match=f"cannot listen on 127.0.0.1:{first.port}: address in use"):
+            EmbeddedServer(tmp_path / "b", port=first.port).start()
+        # the refused server released its data dir again
+        with EmbeddedServer(tmp_path / "b") as second:
+            assert second.port != first.port

@@ -1,0 +1,210 @@
+"""The embedded Qdrant-compatible gRPC endpoint, in-process: `EmbeddedServer(data_dir).start()`.
+
+It serves Qdrant's own gRPC services (the servicer base classes shipped in qdrant-client) from qdrant-edge shards,
+so the engine, the demo and the tests talk to it exactly as to a Qdrant server. The gRPC server is `grpc.aio`,
+run by an event loop on a thread of its own, so `start()` and `stop()` are plain calls for any caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import grpc
+from qdrant_client import grpc as pb
+
+from engine.embedded.aio import async_servicer
+from engine.embedded.auth import ApiKeyInterceptor
+from engine.embedded.catalog import Catalog
+from engine.embedded.collections_service import EDGE_VERSION, CollectionsService, QdrantService
+from engine.embedded.compat import DEFAULT_VERSION, Compat
+from engine.embedded.faults import FaultInjector, FaultInterceptor, FaultSpec
+from engine.embedded.points_service import PointsService
+from engine.errors import ConfigError, PreconditionError
+
+log = logging.getLogger(__name__)
+
+# Qdrant caps requests at 32 MiB; accept 64 MiB so a client at the cap plus framing never hits our limit first.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# How often shards written since the last flush are flushed (Qdrant's default flush_interval_sec).
+FLUSH_INTERVAL_S = 5.0
+# How often the operator log line with write/read rates appears (only when there was traffic).
+STATS_INTERVAL_S = 60.0
+# How long stop() lets in-flight calls finish before cancelling them.
+STOP_GRACE_S = 5.0
+# Bound on binding and starting the gRPC server inside start().
+START_TIMEOUT_S = 30.0
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class EmbeddedServer:
+    """A Qdrant-compatible gRPC server on qdrant-edge shards under `data_dir`. Use as a context manager."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: Optional[str] = None,
+        emulate_version: str = DEFAULT_VERSION,
+        faults: Optional[str] = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"port {port} is out of range; use 1-65535, or 0 for a free port")
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.requested_port = port
+        self.compat = Compat.from_text(emulate_version)
+        self.fault_spec = FaultSpec.parse(faults)
+        self.injector = FaultInjector(self.fault_spec, seed) if self.fault_spec.active else None
+        self._api_key = api_key or None
+        self.catalog: Optional[Catalog] = None
+        self._points: Optional[PointsService] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_thread: Optional[threading.Thread] = None
+        self._server: Optional[grpc.aio.Server] = None
+        self._port: Optional[int] = None
+        self._stop_flusher = threading.Event()
+        self._flusher: Optional[threading.Thread] = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("EmbeddedServer is not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return format_address(self.host, self.port)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Open the data dir, bind, serve. Returns the bound port (a free one if port=0)."""
+        if self._loop is not None:
+            raise RuntimeError("EmbeddedServer already started")
+        catalog = Catalog(self.data_dir)
+        catalog.open()
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="embedded-grpc", daemon=True)
+        thread.start()
+        try:
+            port = asyncio.run_coroutine_threadsafe(self._start_server(catalog), loop).result(START_TIMEOUT_S)
+        except BaseException:
+            self._halt_loop(loop, thread)
+            catalog.close()
+            raise
+        self.catalog = catalog
+        self._loop, self._loop_thread, self._port = loop, thread, port
+        self._stop_flusher.clear()
+        self._flusher = threading.Thread(target=self._flush_loop, name="embedded-flush", daemon=True)
+        self._flusher.start()
+        log.info(
+            "qdrant-edge %s endpoint on %s: data %s, emulating Qdrant %s, api key %s, faults %s",
+            EDGE_VERSION,
+            self.address,
+            self.data_dir,
+            self.compat.version_text,
+            "required" if self._api_key else "off",
+            self.fault_spec.describe(),
+        )
+        return port
+
+    async def _start_server(self, catalog: Catalog) -> int:
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self._api_key:
+            interceptors.append(ApiKeyInterceptor(self._api_key))
+        if self.injector is not None:
+            interceptors.append(FaultInterceptor(self.injector))
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+            ],
+        )
+        points = PointsService(catalog, self.compat)
+        pb.add_QdrantServicer_to_server(async_servicer(QdrantService(self.compat), pb.QdrantServicer), server)
+        pb.add_CollectionsServicer_to_server(
+            async_servicer(CollectionsService(catalog, self.compat), pb.CollectionsServicer), server
+        )
+        pb.add_PointsServicer_to_server(async_servicer(points, pb.PointsServicer), server)
+        target = format_address(self.host, self.requested_port)
+        try:
+            port = server.add_insecure_port(target)
+        except RuntimeError:  # grpc's own text only points at GRPC_VERBOSITY; say what usually happened
+            port = 0
+        if port == 0:
+            raise PreconditionError(f"cannot listen on {target}: address in use or not available; pick another --port")
+        await server.start()
+        self._server = server
+        self._points = points
+        return port
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Stop serving (in-flight calls get `grace` seconds), flush and close every shard, release the dir."""
+        loop, thread = self._loop, self._loop_thread
+        server, self._server = self._server, None
+        if loop is not None and server is not None:
+            asyncio.run_coroutine_threadsafe(server.stop(grace), loop).result()
+        if loop is not None and thread is not None:
+            self._halt_loop(loop, thread)
+        self._loop = self._loop_thread = None
+        self._stop_flusher.set()
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
+        self._log_stats()
+        catalog, self.catalog = self.catalog, None
+        if catalog is not None:
+            catalog.close()
+        if self.injector is not None and self.injector.counts:
+            log.info("injected faults: %s", dict(self.injector.counts))
+        if server is not None:
+            log.info("endpoint on %s stopped", format_address(self.host, self._port or 0))
+
+    @staticmethod
+    def _halt_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+    def __enter__(self) -> "EmbeddedServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- housekeeping ---------------------------------------------------------------------------------------------
+
+    def _flush_loop(self) -> None:
+        next_stats = time.monotonic() + STATS_INTERVAL_S
+        while not self._stop_flusher.wait(FLUSH_INTERVAL_S):
+            catalog = self.catalog
+            if catalog is None:
+                return
+            try:
+                catalog.flush_dirty()
+            except Exception:  # noqa: BLE001 - keep flushing the others; the WAL still has every write
+                log.exception("periodic flush failed")
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + STATS_INTERVAL_S
+                self._log_stats()
+
+    def _log_stats(self) -> None:
+        if self._points is None:
+            return
+        counts, elapsed = self._points.stats.take()
+        if counts:
+            rates = ", ".join(f"{what} {n:,} ({n / max(elapsed, 1e-9):,.0f}/s)" for what, n in sorted(counts.items()))
+            log.info("last %.0fs: %s", elapsed, rates)
