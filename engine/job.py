@@ -296,6 +296,10 @@ def run_job(cfg, *, restart: bool = False, progress: bool = True,
             f"strategy {cfg.strategy!r} is not available in this version; use strategy: new_collection"
         )
     client, server = connect(cfg)
+    if server.version_tuple() < (1, 17, 0):
+        log.warning("server %s predates update_mode (1.17): writes are plain upserts, so a point the application "
+                    "writes into the target during the run may be overwritten by the backfill; keep the "
+                    "application writing to the old collection until swap", server.version)
     job_id = job_id_of(cfg)
     source_info, total = check_source(cfg, client)
     check_target(cfg, client, job_id, dim=None)
@@ -339,7 +343,11 @@ def run_job(cfg, *, restart: bool = False, progress: bool = True,
         log.info("job %s: %d points in %s, %d shards (%d done), %d embed / %d upload / %d scroll actors",
                  job_id, total, cfg.source.collection, len(state.shards), sum(s.done for s in state.shards),
                  n_embed, cfg.pipeline.upload_actors, cfg.pipeline.scroll_actors)
+        done0 = state.written + state.skipped
+        t_pipe = time.monotonic()
         stats = coordinator.run()
+        stats.processed = state.written + state.skipped - done0
+        stats.pipeline_s = time.monotonic() - t_pipe
         bar.close()
         state.finished = True
         state.info["dead_letters"], _ = dead.finish()
@@ -372,9 +380,10 @@ def summary(cfg, job_id: str, state: JobState, total: int, t0: float, stats: Run
         "dead_letters": state.info.get("dead_letters"),
     }
     if stats is not None:
-        done = stats.timeline[-1][1] if stats.timeline else 0
-        out["points_per_s"] = round(done / elapsed, 1) if elapsed > 0 else 0.0
-        out.update(pages_written=stats.pages_written, pages_redone=stats.pages_redone,
+        # End to end (start-up and model load included) and the pipeline alone, for this run's points only.
+        out["points_per_s"] = round(stats.processed / elapsed, 1) if elapsed > 0 else 0.0
+        out["pipeline_points_per_s"] = round(stats.processed / stats.pipeline_s, 1) if stats.pipeline_s else 0.0
+        out.update(points_this_run=stats.processed, pages_written=stats.pages_written, pages_redone=stats.pages_redone,
                    points_redone=stats.points_redone, retries=stats.retries, write_requests=stats.write_requests)
     return out
 

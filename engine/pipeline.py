@@ -60,6 +60,8 @@ class RunStats:
     dead_sample: list[tuple[int, PointIdValue, str]] = field(default_factory=list)  # the first few, for logs
     write_requests: int = 0
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (elapsed s, points committed)
+    processed: int = 0  # points committed by this run (a resumed run starts past earlier runs' points)
+    pipeline_s: float = 0.0
 
 
 class Coordinator:
