@@ -57,6 +57,31 @@ def _iterate(client: QdrantGrpc, collection: str, with_vectors) -> Iterator[pb.R
             return
 
 
+def merge_by_id(src: Iterator[pb.RetrievedPoint], tgt: Iterator[pb.RetrievedPoint]
+                ) -> Iterator[tuple[pb.RetrievedPoint | None, pb.RetrievedPoint | None]]:
+    """Walk two id-ordered streams together: (s, t) for a shared id, (s, None) or (None, t) for one-sided ids."""
+    s = next(src, None)
+    t = next(tgt, None)
+    while s is not None or t is not None:
+        sk = wire.id_key(wire.id_value(s.id)) if s is not None else None
+        tk = wire.id_key(wire.id_value(t.id)) if t is not None else None
+        if t is None or (s is not None and sk < tk):
+            yield s, None
+            s = next(src, None)
+        elif s is None or tk < sk:
+            yield None, t
+            t = next(tgt, None)
+        else:
+            yield s, t
+            s = next(src, None)
+            t = next(tgt, None)
+
+
+def iterate(client: QdrantGrpc, collection: str, with_vectors=False) -> Iterator[pb.RetrievedPoint]:
+    """Every point of a collection in id order, page by page."""
+    return _iterate(client, collection, with_vectors)
+
+
 def _vector(p: pb.RetrievedPoint, name: str) -> np.ndarray | None:
     if not p.HasField("vectors"):
         return None
@@ -92,20 +117,14 @@ def check(client: QdrantGrpc, source: str, target: str, vector_name: str, text: 
                 rep.vector_mismatch.append(pid)
         pending.clear()
 
-    s = next(src_it, None)
-    t = next(tgt_it, None)
-    while s is not None or t is not None:
-        sk = wire.id_key(wire.id_value(s.id)) if s is not None else None
-        tk = wire.id_key(wire.id_value(t.id)) if t is not None else None
-        if t is None or (s is not None and sk < tk):
+    for s, t in merge_by_id(src_it, tgt_it):
+        if t is None:
             rep.source_points += 1
             rep.missing.append(wire.id_value(s.id))
-            s = next(src_it, None)
             continue
-        if s is None or tk < sk:
+        if s is None:
             rep.target_points += 1
             rep.phantom.append(wire.id_value(t.id))
-            t = next(tgt_it, None)
             continue
         pid = wire.id_value(s.id)
         rep.source_points += 1
@@ -125,8 +144,6 @@ def check(client: QdrantGrpc, source: str, target: str, vector_name: str, text: 
             pending.append((pid, txt, vec))
             if len(pending) >= batch:
                 flush()
-        s = next(src_it, None)
-        t = next(tgt_it, None)
     flush()
     if math.isinf(rep.min_cosine):
         rep.min_cosine = 1.0

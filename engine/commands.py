@@ -26,7 +26,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    result = jobs.run_job(cfg, restart=args.restart, progress=not args.quiet)
+    result = jobs.run_job(cfg, restart=args.restart, progress=not args.quiet, catch_up=args.catch_up)
     print(jobs.dumps(result), flush=True)
     return 0
 
@@ -92,6 +92,8 @@ def register(sub) -> None:
     _config_args(p)
     p.add_argument("--restart", action="store_true", help="discard this job's checkpoint and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--catch-up", action="store_true",
+                   help="after the backfill, reconcile source changes made during it (inserts, updates, deletes)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="per-shard progress from the checkpoint")

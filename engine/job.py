@@ -23,6 +23,7 @@ from engine.checkpoint import (CheckpointStore, JobState, QdrantCheckpointStore,
                                fingerprint)
 from engine.deadletter import DeadLetters
 from engine.errors import PreconditionError, QdrantUnavailable
+from engine.page import PageMeta
 from engine.pipeline import Coordinator, RunStats
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc, ServerInfo
@@ -287,9 +288,42 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def run_job(cfg, *, restart: bool = False, progress: bool = True,
+def run_job(cfg, *, restart: bool = False, progress: bool = True, catch_up: bool = False,
             on_runtime: Callable[[Any], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the job; returns the summary. Raises ReembedError subclasses with one-line causes."""
+    """Run (or resume) the job; returns the summary. Raises ReembedError subclasses with one-line causes.
+
+    `catch_up` then reconciles the target with source changes made while the backfill ran (engine/catchup.py).
+    """
+    result = _run_backfill(cfg, restart=restart, progress=progress, on_runtime=on_runtime)
+    if catch_up:
+        result["catch_up"] = run_catch_up(cfg)
+    return result
+
+
+def run_catch_up(cfg) -> dict[str, Any]:
+    from engine.catchup import catch_up
+    from engine.embed import build_embedder
+
+    client, _ = connect(cfg)
+    try:
+        store = make_store(cfg, client)
+        state = store.load(job_id_of(cfg))
+        if state is None or not state.finished:
+            raise PreconditionError("catch-up needs a finished backfill; run `reembed run` to completion first")
+        outcome = catch_up(client, cfg.source.collection, target_collection(cfg), cfg.target.vector_name or "",
+                           text_spec_of(cfg), build_embedder(cfg.model_spec()))
+        if outcome.dead:
+            meta = PageMeta(shard=-1, seq=0, start="catch-up", next_offset=None, n_points=0, n_texts=0)
+            DeadLetters(cfg.dead_letter.dir, state.job_id).record(-1, outcome.dead, meta)
+            state.info["dead_letters"], _ = DeadLetters(cfg.dead_letter.dir, state.job_id).finish()
+        state.events.append({"action": "catch_up", "at": time.time(), **outcome.as_dict()})
+        store.save(state)
+        return outcome.as_dict()
+    finally:
+        client.close()
+
+
+def _run_backfill(cfg, *, restart: bool, progress: bool, on_runtime) -> dict[str, Any]:
     t0 = time.monotonic()
     if cfg.strategy not in ("new_collection", "auto"):
         raise PreconditionError(
