@@ -148,3 +148,18 @@ def check(client: QdrantGrpc, source: str, target: str, vector_name: str, text: 
     if math.isinf(rep.min_cosine):
         rep.min_cosine = 1.0
     return rep
+
+
+def collection_checksum(client: QdrantGrpc, collection: str) -> tuple[int, str]:
+    """(points, sha256 over ids, payloads and every vector in id order): proves a collection was not written."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    n = 0
+    for p in _iterate(client, collection, True):
+        n += 1
+        digest.update(repr(wire.id_value(p.id)).encode())
+        digest.update(json.dumps(payload_to_python(p.payload), sort_keys=True).encode())
+        digest.update(p.vectors.SerializeToString(deterministic=True))
+    return n, digest.hexdigest()

@@ -45,6 +45,8 @@ def register(subparsers: Any) -> None:
         help="inject faults, e.g. 'unavailable=0.05,exhausted=0.02,latency_ms=0-30,apply_then_fail=0.02'",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for fault injection (default 0)")
+    parser.add_argument("--tls-cert", default=None, help="serve TLS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     parser.set_defaults(func=run)
 
 
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         emulate_version=args.emulate_version,
         faults=args.faults,
         seed=args.seed,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     stop = threading.Event()
     received: list[int] = []

@@ -43,6 +43,8 @@ class EmbeddedProcess:
         extra_env: Optional[Mapping[str, str]] = None,
         host: str = "127.0.0.1",
         log_path: Optional[Path | str] = None,
+        tls_cert: Optional[Path | str] = None,
+        tls_key: Optional[Path | str] = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -50,6 +52,7 @@ class EmbeddedProcess:
         self._api_key = api_key
         self._emulate_version = emulate_version
         self._faults = faults
+        self._tls = (str(tls_cert), str(tls_key)) if tls_cert is not None else None
         self._seed = seed
         self._extra_env = dict(extra_env or {})
         # The child's stderr (its log), appended across restarts; by default inside the data dir, which the
@@ -112,6 +115,8 @@ class EmbeddedProcess:
         ]  # fmt: skip
         if self._faults:
             cmd += ["--faults", self._faults]
+        if self._tls:
+            cmd += ["--tls-cert", self._tls[0], "--tls-key", self._tls[1]]
         return cmd
 
     def _spawn(self, port: int) -> int:

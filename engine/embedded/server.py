@@ -44,6 +44,18 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def _read_tls(cert: Optional[str], key: Optional[str]) -> Optional[tuple[bytes, bytes]]:
+    """(private key PEM, certificate chain PEM) for grpc.ssl_server_credentials, or None for plaintext."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("TLS needs both --tls-cert and --tls-key (PEM files); give both or neither")
+    try:
+        return Path(key).read_bytes(), Path(cert).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {exc.filename!r} ({exc.strerror}); pass readable PEM files") from None
+
+
 class EmbeddedServer:
     """A Qdrant-compatible gRPC server on qdrant-edge shards under `data_dir`. Use as a context manager."""
 
@@ -56,6 +68,8 @@ class EmbeddedServer:
         emulate_version: str = DEFAULT_VERSION,
         faults: Optional[str] = None,
         seed: int = 0,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError(f"port {port} is out of range; use 1-65535, or 0 for a free port")
@@ -66,6 +80,7 @@ class EmbeddedServer:
         self.fault_spec = FaultSpec.parse(faults)
         self.injector = FaultInjector(self.fault_spec, seed) if self.fault_spec.active else None
         self._api_key = api_key or None
+        self._tls = _read_tls(tls_cert, tls_key)
         self.catalog: Optional[Catalog] = None
         self._points: Optional[PointsService] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -108,9 +123,10 @@ class EmbeddedServer:
         self._flusher = threading.Thread(target=self._flush_loop, name="embedded-flush", daemon=True)
         self._flusher.start()
         log.info(
-            "qdrant-edge %s endpoint on %s: data %s, emulating Qdrant %s, api key %s, faults %s",
+            "qdrant-edge %s endpoint on %s (%s): data %s, emulating Qdrant %s, api key %s, faults %s",
             EDGE_VERSION,
             self.address,
+            "TLS" if self._tls else "plaintext",
             self.data_dir,
             self.compat.version_text,
             "required" if self._api_key else "off",
@@ -140,7 +156,10 @@ class EmbeddedServer:
         pb.add_PointsServicer_to_server(async_servicer(points, pb.PointsServicer), server)
         target = format_address(self.host, self.requested_port)
         try:
-            port = server.add_insecure_port(target)
+            if self._tls is not None:
+                port = server.add_secure_port(target, grpc.ssl_server_credentials([self._tls]))
+            else:
+                port = server.add_insecure_port(target)
         except RuntimeError:  # grpc's own text only points at GRPC_VERBOSITY; say what usually happened
             port = 0
         if port == 0:
