@@ -30,6 +30,7 @@ from engine.qdrant.client import QdrantGrpc, ServerInfo
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.retry import RetryPolicy
 from engine.qdrant.values import TextSpec
+from engine.report import record_run, write_report_quietly
 from engine.sink import SinkSpec
 
 log = logging.getLogger(__name__)
@@ -340,8 +341,8 @@ def _run_backfill(cfg, *, restart: bool, progress: bool, on_runtime) -> dict[str
     store = make_store(cfg, client)
     state = store.load(job_id)
     if state is not None and restart:
-        log.info("--restart: discarding the checkpoint of job %s (the target keeps what was written)", job_id)
-        store.delete(job_id)
+        # Replaced (not deleted) once every check has passed, so a refused restart leaves the old one intact.
+        log.info("--restart: starting job %s over (the target keeps what was written)", job_id)
         state = None
     if state is not None and state.finished:
         log.info("job %s already finished; nothing to do", job_id)
@@ -385,11 +386,14 @@ def _run_backfill(cfg, *, restart: bool, progress: bool, on_runtime) -> dict[str
         bar.close()
         state.finished = True
         state.info["dead_letters"], _ = dead.finish()
+        state.info["runs"] = record_run(state.info.get("runs"), stats, runtime, window)
         store.save(state)
     finally:
         runtime.shutdown()
         client.close()
-    return summary(cfg, job_id, state, total, t0, stats)
+    result = summary(cfg, job_id, state, total, t0, stats)
+    result["report"] = write_report_quietly(cfg, state)  # report.json + report.html in the run directory
+    return result
 
 
 def _diff(before: dict, now: dict) -> str:

@@ -1,0 +1,97 @@
+"""The bad-input matrix: each mistake gives one line naming the problem and the fix, exit code 2, and nothing
+written. Per-point bad data follows the dead-letter policy instead of failing the job."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from qdrant_client import grpc as pb
+
+from engine import job as jobs
+from engine.config import config_from_dict
+from engine.embedded.process import EmbeddedProcess
+from engine.errors import ReembedError
+from engine.qdrant import values, wire
+from tests.integration.pipeline_support import assert_exact, client_for, config, make_payloads, seed_collection
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    jobs.init_ray()
+    with EmbeddedProcess(str(tmp_path_factory.mktemp("q")), emulate_version="1.17.0") as proc:
+        client = client_for(proc.port)
+        seed_collection(client, "src", make_payloads(300, seed=2))
+        seed_collection(client, "src2", make_payloads(50, seed=3))
+        client.close()
+        # a finished job src -> owned, with 32-d vectors
+        jobs.run_job(config(proc.port, tmp_path_factory.mktemp("r"), target="owned"), progress=False)
+        yield proc
+    ray.shutdown()
+
+
+def _snapshot(port):
+    c = client_for(port)
+    try:
+        return {name: c.count(name) for name in c.list_collections()}
+    finally:
+        c.close()
+
+
+CASES = [
+    ("unknown source collection", dict(source="missing_src", target="t1"), "does not exist"),
+    ("text field absent everywhere", dict(target="t2", source__text_field="body.text"), "absent from every"),
+    ("unreadable model path", dict(target="t3", model="/no/such/model"), "does not exist; fix model.name"),
+    ("target of another job", dict(source="src2", target="owned"), "belongs to another reembed job"),
+    ("dimension differs from the target", dict(target="owned", model="hash:16", restart=True), "16-d vectors"),
+    ("strategy the server cannot do", dict(target="t4", strategy="in_place"), "in_place"),
+]
+
+
+@pytest.mark.parametrize("name,over,expect", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_with_one_line_and_nothing_written(server, tmp_path, name, over, expect):
+    over = dict(over)
+    restart = over.pop("restart", False)
+    strategy = over.pop("strategy", None)
+    cfg = config(server.port, tmp_path, **over)
+    if strategy:
+        data = cfg.model_dump(mode="python")
+        data["qdrant"]["api_key"] = None
+        data["strategy"] = strategy
+        data["target"]["collection"] = None
+        try:
+            cfg = config_from_dict(data, env={})
+        except ReembedError as exc:  # refused by config validation: also a one-line exit-2 refusal
+            assert exc.exit_code == 2 and "\n" not in str(exc)
+            return
+    before = _snapshot(server.port)
+    with pytest.raises(ReembedError) as info:
+        jobs.run_job(cfg, progress=False, restart=restart)
+    message = str(info.value)
+    assert info.value.exit_code == 2, message
+    assert "\n" not in message and expect in message, message
+    assert _snapshot(server.port) == before
+
+
+def test_huge_and_oversized_points_are_dead_lettered(server, tmp_path):
+    client = client_for(server.port)
+    req = pb.CreateCollection(collection_name="big")
+    req.vectors_config.params.CopyFrom(pb.VectorParams(size=8, distance=pb.Distance.Cosine))
+    client.create_collection(req)
+    rows = {1: {"text": "ok"}, 2: {"text": "long " * 200_000},  # a 1 MB text: truncated by the model, not an error
+            3: {"text": "near the limit", "blob": "x" * (20 * 1024 * 1024)},  # 20 MiB payload: one request alone
+            4: {"text": "too big for any request", "blob": "y" * (33 * 1024 * 1024)}}  # over Qdrant's 32 MiB
+    for pid, payload in rows.items():
+        base = pb.PointStruct(id=wire.point_id(pid), payload=values.payload_from_python(payload)).SerializeToString()
+        vec = wire.vectors_field({"": wire.dense_vector(wire.f32_bytes(__import__("numpy").ones(8, "f4")))})
+        client.upsert_raw(wire.upsert_request("big", [base + vec], insert_only=False), "seed big")
+    client.close()
+    out = jobs.run_job(config(server.port, tmp_path, source="big", target="big_dst", page=16), progress=False)
+    assert out["points_written"] == 3 and out["points_skipped"] == 1
+    dead = pq.read_table(out["dead_letters"]).to_pylist()
+    assert [(r["id"], "32 MiB" in r["reason"]) for r in dead] == [("4", True)]
+    c = client_for(server.port)
+    assert c.count("big_dst") == 3
+    c.close()
