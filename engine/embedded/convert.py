@@ -16,7 +16,7 @@ import qdrant_edge as qe
 from qdrant_client import grpc as pb
 
 from engine.embedded.status import bad_input, unsupported
-from engine.embedded.values import fill_payload
+from engine.qdrant.values import fill_payload
 
 PointId = Union[int, uuid.UUID]
 EdgeVector = Union[Sequence[float], qe.SparseVector]

@@ -24,7 +24,7 @@ from engine.embedded import schema
 from engine.embedded.catalog import Catalog, Collection
 from engine.embedded.compat import Compat
 from engine.embedded.status import ApiError, bad_input, rpc, unsupported
-from engine.embedded.values import payload_to_python
+from engine.qdrant.values import payload_to_python
 
 log = logging.getLogger(__name__)
 

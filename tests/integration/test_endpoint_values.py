@@ -12,7 +12,7 @@ from qdrant_client import grpc as pb
 
 from engine.embedded.convert import dense_floats, fill_point_id, point_id_in
 from engine.embedded.status import ApiError
-from engine.embedded.values import fill_payload, payload_to_python, python_to_value, value_to_python
+from engine.qdrant.values import fill_payload, payload_to_python, python_to_value, value_to_python
 
 PAYLOAD = {
     "text": "naïve – 日本語 – 💥",
