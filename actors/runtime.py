@@ -17,6 +17,7 @@ from ray import exceptions as rex
 
 from actors.workers import EmbedWorker, ScrollWorker, UploadWorker
 from engine.errors import ReembedError
+from engine.metrics import StageSampler
 from engine.page import PageMeta
 from engine.pipeline import WorkerLost
 from engine.qdrant.connection import Endpoint
@@ -47,8 +48,11 @@ class RuntimeSpec:
     upload_actors: int
     gpus_per_embed_actor: float
     cpus_per_embed_actor: float
-    copy_vectors: list[str] | None = None
+    copy_vectors: dict[str, str] | None = None  # source vector name -> target name, copied verbatim
     name_prefix: str = "reembed"
+    vectorizer: dict | None = None  # engine.vectorize spec (hybrid, shortcuts); None = the dense model_spec
+    vector_input: str | None = None  # shortcuts: the stored vector read instead of the text
+    text_dataset: dict | None = None  # external text: {"path", "id_column", "text_column"}
 
 
 class RayRuntime:
@@ -64,13 +68,14 @@ class RayRuntime:
         self.scrollers = [
             scroll_cls.options(name=f"{p}-scroll-{i}").remote(
                 spec.endpoint, spec.policy, spec.source_collection, spec.text_field, spec.text_template,
-                spec.copy_vectors)
+                spec.copy_vectors, spec.vector_input, spec.text_dataset)
             for i in range(spec.scroll_actors)
         ]
         env = {"OMP_NUM_THREADS": str(int(spec.cpus_per_embed_actor) or 1), "HF_HUB_OFFLINE": os.environ.get(
             "HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "true"}
         self.embedders = [
-            embed_cls.options(name=f"{p}-embed-{i}", runtime_env={"env_vars": env}).remote(spec.model_spec)
+            embed_cls.options(name=f"{p}-embed-{i}", runtime_env={"env_vars": env}).remote(spec.model_spec,
+                                                                                         spec.vectorizer)
             for i in range(spec.embed_actors)
         ]
         self.uploaders = [
@@ -81,6 +86,7 @@ class RayRuntime:
         self._parts: dict[Any, tuple[Any, Any]] = {}  # meta ref -> (texts ref, body ref)
         self._load = {"embed": [0] * len(self.embedders), "upload": [0] * len(self.uploaders)}
         self._owner: dict[Any, tuple[int, int]] = {}  # ack ref -> (embed idx or -1, upload idx)
+        self.stage_sampler = StageSampler(("scroll", "process"))  # Prometheus gauges + the report's series
 
     def describe_model(self) -> dict:
         """Loads the model on every embedding actor (surfacing a bad model before anything is written)."""
@@ -131,6 +137,7 @@ class RayRuntime:
         return ack
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        self.stage_sampler(scroll=len(self._parts), process=len(self._owner))
         ready, _ = ray.wait(handles, num_returns=1, timeout=timeout, fetch_local=False)
         if ready:  # take everything else that is already done too
             more, _ = ray.wait(handles, num_returns=len(handles), timeout=0, fetch_local=False)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import ray
 
+from engine.metrics import metrics
 from engine.page import PageBody, PageMeta, WriteAck
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
@@ -18,30 +20,49 @@ from engine.source import QdrantSource
 
 class ScrollWorker:
     def __init__(self, endpoint: Endpoint, policy: RetryPolicy, collection: str, text_field: str | None,
-                 text_template: str | None, copy_vectors: list[str] | None = None) -> None:
-        self.source = QdrantSource(QdrantGrpc(endpoint, policy), collection,
-                                   TextSpec(field=text_field, template=text_template), copy_vectors)
+                 text_template: str | None, copy_vectors: dict[str, str] | None = None,
+                 vector_input: str | None = None, text_dataset: dict | None = None) -> None:
+        text = None if text_field is None and text_template is None else TextSpec(field=text_field,
+                                                                                  template=text_template)
+        external = None
+        if text_dataset is not None:
+            from engine.text_source import ExternalTexts
+
+            external = ExternalTexts(text_dataset["path"], text_dataset["id_column"], text_dataset["text_column"])
+        self.source = QdrantSource(QdrantGrpc(endpoint, policy), collection, text, copy_vectors,
+                                   vector_input=vector_input, external=external)
 
     @ray.method(num_returns=3)
     def read(self, shard: int, seq: int, start: Any, stop: Any, limit: int,
              to_stop: bool) -> tuple[PageMeta, list[str], PageBody]:
-        return self.source.read_page(shard, seq, start, stop, limit, to_stop)
+        t0 = time.perf_counter()
+        meta, texts, body = self.source.read_page(shard, seq, start, stop, limit, to_stop)
+        metrics().page_read(meta.n_points, len(meta.dead), time.perf_counter() - t0)
+        return meta, texts, body
 
     def pid(self) -> int:
         return os.getpid()
 
 
 class EmbedWorker:
-    def __init__(self, spec: dict) -> None:
-        from engine.embed import build_embedder
+    def __init__(self, spec: dict, vectorizer: dict | None = None) -> None:
+        if vectorizer is not None:  # hybrid (sparse) or a shortcut: see engine/vectorize.py
+            from engine.vectorize import build_vectorizer
 
-        self.embedder = build_embedder(spec)
+            self.embedder = build_vectorizer(vectorizer)
+        else:
+            from engine.embed import build_embedder
+
+            self.embedder = build_embedder(spec)
 
     def describe(self) -> dict:
         return self.embedder.describe()
 
-    def embed(self, texts: list[str]):
-        return self.embedder.embed(texts)
+    def embed(self, texts: list):
+        t0 = time.perf_counter()
+        vectors = self.embedder.embed(texts)
+        metrics().embedded(len(texts), time.perf_counter() - t0)
+        return vectors
 
     def pid(self) -> int:
         return os.getpid()
@@ -54,7 +75,11 @@ class UploadWorker:
         self.sink = QdrantSink(endpoint, spec, policy)
 
     async def write(self, shard: int, seq: int, body: PageBody, vectors) -> WriteAck:
-        return await self.sink.write(shard, seq, body, vectors)
+        t0 = time.perf_counter()
+        ack = await self.sink.write(shard, seq, body, vectors)
+        metrics().page_written(ack.written, ack.skipped, len(ack.dead), ack.requests, ack.retries,
+                               time.perf_counter() - t0)
+        return ack
 
     async def pid(self) -> int:
         return os.getpid()

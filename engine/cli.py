@@ -18,6 +18,8 @@ from engine.errors import ReembedError
 COMMAND_MODULES = (
     "engine.embedded.cli",
     "engine.commands",
+    "engine.verify_commands",
+    "engine.plan_commands",
 )
 
 

@@ -7,7 +7,7 @@ import json
 import logging
 
 from engine import job as jobs
-from engine.cutover import cleanup, rollback, swap
+from engine.cutover import cleanup, drop_vector, rollback, swap
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     cfg = _load(args)
     client, store = _store(cfg)
+    if args.drop_vector:
+        # The collection the job wrote: the source in place, the new collection for side-by-side on old servers.
+        state = store.load(jobs.job_id_of(cfg))
+        collection = ((state.info.get("decision") or {}).get("collection") if state is not None else None) \
+            or jobs.target_collection(cfg)
+        event = drop_vector(client, store, jobs.job_id_of(cfg), collection, args.drop_vector,
+                            confirm=args.confirm, force=args.force)
+        print(json.dumps(event, default=str))
+        return 0
     event = cleanup(client, store, jobs.job_id_of(cfg), cfg.source.collection, jobs.target_collection(cfg),
                     confirm=args.confirm, force=args.force)
     print(json.dumps(event, default=str))
@@ -109,8 +118,10 @@ def register(sub) -> None:
     _config_args(p)
     p.set_defaults(func=cmd_rollback)
 
-    p = sub.add_parser("cleanup", help="delete the old collection after a swap")
+    p = sub.add_parser("cleanup", help="delete the old collection after a swap, or (--drop-vector) the old vector")
     _config_args(p)
+    p.add_argument("--drop-vector", metavar="OLD",
+                   help="in-place jobs: drop this old named vector (and its data) instead of a collection")
     p.add_argument("--confirm", action="store_true", help="required: the deletion cannot be undone")
     p.add_argument("--force", action="store_true", help="clean up even without a passing verify (recorded)")
     p.set_defaults(func=cmd_cleanup)

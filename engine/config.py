@@ -209,13 +209,40 @@ class SourceConfig(_Section):
         "Setting it clears the default text_field.",
     )
     vector_name: str | None = _field(None, "Name of the existing vector; null or '' means the unnamed vector.")
+    text_dataset: str | None = _field(
+        None,
+        "External text for collections that store none: a Parquet file or directory (local path, file://, s3://, "
+        "gs://) with one row per point id. Setting it clears the default text_field.",
+    )
+    text_dataset_id_column: str = _field("id", "Column of text_dataset holding the point id (integer or UUID text).")
+    text_dataset_text_column: str = _field("text", "Column of text_dataset holding the text.")
 
     @model_validator(mode="before")
     @classmethod
     def _template_replaces_default_field(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("text_template") is not None and "text_field" not in data:
+        if isinstance(data, dict) and "text_field" not in data and (
+            data.get("text_template") is not None or data.get("text_dataset") is not None
+        ):
             data = {**data, "text_field": None}
         return data
+
+    @field_validator("text_dataset")
+    @classmethod
+    def _check_dataset(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise _fail("is empty; set a Parquet file or directory, or remove the key")
+        if "://" in value and value.split("://", 1)[0].lower() not in _URI_SCHEMES:
+            raise _fail(f"has an unsupported scheme; use a local path or one of {', '.join(_URI_SCHEMES)}")
+        return value
+
+    @field_validator("text_dataset_id_column", "text_dataset_text_column")
+    @classmethod
+    def _column(cls, value: str) -> str:
+        if not value.strip():
+            raise _fail("is empty; name a column of source.text_dataset")
+        return value
 
     @field_validator("collection")
     @classmethod
@@ -248,15 +275,23 @@ class SourceConfig(_Section):
                 "source.text_field and source.text_template are both set; "
                 "keep one (text_template can include the field)"
             )
-        if self.text_field is None and self.text_template is None:
-            raise _fail_whole("source has no text; set source.text_field (e.g. text) or source.text_template")
+        if self.text_dataset is not None and (self.text_field is not None or self.text_template is not None):
+            raise _fail_whole(
+                "source.text_dataset is set together with source.text_field/text_template; the text comes from one "
+                "place, keep one"
+            )
+        if self.text_field is None and self.text_template is None and self.text_dataset is None:
+            raise _fail_whole(
+                "source has no text; set source.text_field (e.g. text), source.text_template or source.text_dataset"
+            )
         return self
 
     def template_fields(self) -> list[str]:
-        """The payload dot paths the text is built from, in order of first use."""
+        """The payload dot paths the text is built from, in order of first use (none for an external dataset)."""
         if self.text_template is not None:
             return _template_fields(self.text_template)
-        assert self.text_field is not None
+        if self.text_field is None:
+            return []
         return [self.text_field]
 
 
@@ -311,11 +346,27 @@ class TargetConfig(_Section):
         None, "HNSW ef_construct of the new vector; null keeps the server default.", "Qdrant needs at least 4",
         ge=4, le=4096,
     )
+    old_vector_name: str = _field(
+        "old",
+        "side_by_side/hybrid into a new collection: the name the source's unnamed vector is copied under "
+        "(named source vectors keep their names).",
+    )
+    sparse_vector_name: str = _field("bm25", "hybrid: name of the sparse vector (created with the IDF modifier).")
+    defer_index: bool = _field(
+        True,
+        "Defer HNSW building for vectors this job creates while it loads them, restore it after and wait for the "
+        "collection to turn green (never applied to an existing vector).",
+    )
 
     @field_validator("collection", "alias")
     @classmethod
     def _check_names(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _check_name(value, "alias" if info.field_name == "alias" else "collection")
+
+    @field_validator("old_vector_name", "sparse_vector_name")
+    @classmethod
+    def _check_vector_names(cls, value: str) -> str:
+        return _check_name(value, "vector")  # type: ignore[return-value]
 
     @field_validator("vector_name")
     @classmethod
@@ -527,6 +578,85 @@ class VerifyConfig(_Section):
     min_hnsw_recall: float = _field(
         0.95, "Least HNSW-vs-exact recall on the new index.", "Qdrant guidance is 0.95", gt=0, le=1
     )
+    k: int = _field(
+        10, "Neighbours compared: HNSW recall@k, top-k overlap old vs new, labelled recall@k.",
+        "Qdrant guidance measures at 10", ge=1, le=1000,
+    )
+    queries: int = _field(
+        100, "Sampled points used as queries for HNSW recall and the label-free comparison.",
+        "Qdrant guidance asks for at least 50 queries", ge=1, le=100_000,
+    )
+    old_model: str | None = _field(
+        None,
+        "Model that made the source vectors (a model.name value, e.g. hashed-bow:256); enables old-vs-new labelled "
+        "metrics and self-retrieval on the old vectors. null = the new vectors only.",
+    )
+    eval_file: str | None = _field(
+        None, "Labelled queries, JSONL or Parquet rows of {query, relevant_ids}; `reembed verify --eval` overrides."
+    )
+    max_ndcg_drop: float | None = _field(
+        None,
+        "Fail verify when labelled nDCG@10 of the new vectors is more than this below the old vectors' (needs "
+        "eval_file and old_model); null = labelled metrics are information only.",
+        ge=0, le=1,
+    )
+
+    @field_validator("old_model", "eval_file")
+    @classmethod
+    def _nonempty_or_null(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise _fail("is empty; set it or use null")
+        return value
+
+
+class SparseConfig(_Section):
+    """hybrid: the sparse model. BM25 uses Qdrant's own tokenisation (qdrant-edge); a SPLADE model is a local
+    transformers masked-LM directory."""
+
+    model: str = _field("bm25", "bm25, or a directory (or hub id) of a SPLADE masked-LM model.")
+    language: str = _field("english", "bm25: language of the stopwords and stemmer.")
+    k: float = _field(1.2, "bm25: term-frequency saturation.", ge=0, le=100)
+    b: float = _field(0.75, "bm25: length normalisation, 0 none to 1 full.", ge=0, le=1)
+    avg_len: float = _field(256.0, "bm25: expected document length in tokens.", gt=0, le=1_000_000)
+    max_length: int = _field(256, "SPLADE: truncate texts to this many tokens.", ge=8, le=8192)
+
+    @field_validator("model", "language")
+    @classmethod
+    def _nonempty(cls, value: str) -> str:
+        if not value.strip():
+            raise _fail("is empty; set a value")
+        return value
+
+
+ShortcutKind = Literal["none", "matryoshka", "linear_map"]
+
+
+class ShortcutConfig(_Section):
+    """New vectors computed from the stored old vectors instead of running the model over the whole collection."""
+
+    kind: ShortcutKind = _field(
+        "none",
+        "none (embed the text), matryoshka (truncate the stored vectors to dim and renormalise) or linear_map "
+        "(learn old->new on a sample embedded with the new model, apply it to every stored vector).",
+    )
+    dim: int | None = _field(None, "matryoshka: dimensions kept.", ge=1, le=65536)
+    method: Literal["lstsq", "procrustes"] = _field(
+        "lstsq", "linear_map: least squares (with bias) or orthogonal Procrustes."
+    )
+    sample: int = _field(2000, "linear_map: points embedded with the new model to learn the map.", ge=20, le=1_000_000)
+    holdout: float = _field(0.2, "linear_map: share of the sample held out to measure recall@10.", gt=0, lt=1)
+    map_file: str | None = _field(
+        None, "linear_map: where the learned map is kept (.npz); null = reembed-runs/<job>/linear_map.npz."
+    )
+    normalize: bool = _field(True, "L2-normalise the produced vectors (what cosine search expects).")
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> "ShortcutConfig":
+        if self.kind == "matryoshka" and self.dim is None:
+            raise _fail_whole("shortcut.kind matryoshka needs shortcut.dim, the dimensions to keep (e.g. 256)")
+        if self.kind != "matryoshka" and self.dim is not None:
+            raise _fail_whole(f"shortcut.dim is set but shortcut.kind is {self.kind}; remove dim or use matryoshka")
+        return self
 
 
 class JobConfig(BaseModel):
@@ -546,6 +676,8 @@ class JobConfig(BaseModel):
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Request retries.")
     dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig, description="Unprocessable points.")
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="Checks before cutover.")
+    sparse: SparseConfig = Field(default_factory=SparseConfig, description="hybrid: the sparse model.")
+    shortcut: ShortcutConfig = Field(default_factory=ShortcutConfig, description="Vectors without a model run.")
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -586,7 +718,29 @@ class JobConfig(BaseModel):
                 f"strategy in_place writes into source.collection {source.collection!r} but target.collection is "
                 f"{target.collection!r}; remove target.collection or use strategy: new_collection"
             )
-        if self.writes_in_place:
+        if self.strategy == "hybrid" and ("vector_name" not in explicit
+                                          or target.vector_name == target.sparse_vector_name):
+            # Adding sparse search should not re-embed the dense vectors: a new dense vector only when named (and
+            # target.vector_name equal to the sparse vector's name just names the sparse vector).
+            target.vector_name = None
+        if self.strategy == "hybrid":
+            taken = {target.vector_name, source.vector_name, target.old_vector_name}
+            if target.sparse_vector_name in taken:
+                raise _fail_whole(
+                    f"target.sparse_vector_name {target.sparse_vector_name!r} is already used by another vector of "
+                    "the job; pick another name, e.g. bm25"
+                )
+            if self.shortcut.kind != "none":
+                raise _fail_whole(
+                    "shortcut is set with strategy hybrid; a sparse vector cannot be derived from dense ones, "
+                    "remove the shortcut section"
+                )
+        if self.strategy in ("side_by_side", "hybrid") and target.vector_name == target.old_vector_name:
+            raise _fail_whole(
+                f"target.vector_name and target.old_vector_name are both {target.vector_name!r}; the old vector "
+                "needs its own name in a side-by-side collection, change one"
+            )
+        if self.writes_in_place and not (self.strategy == "hybrid" and target.vector_name is None):
             if target.vector_name is None:
                 raise _fail_whole(
                     f"strategy {self.strategy} adds a named vector to the source; set target.vector_name, e.g. dense_v2"

@@ -1,5 +1,8 @@
 """Blue-green cutover: point the alias at the new collection in one atomic UpdateAliases request, point it back,
-and delete the old collection only when asked to and only when nothing points at it."""
+and delete the old collection only when asked to and only when nothing points at it.
+
+The gate: `swap` and `cleanup` refuse unless the latest `reembed verify` of the job passed (state.info["verify"]);
+`force` overrides, and the event records that it was forced and what the latest verify said."""
 
 from __future__ import annotations
 
@@ -25,6 +28,30 @@ def _finished_state(store: CheckpointStore, job_id: str, what: str) -> JobState:
     return state
 
 
+def verify_gate(state: JobState, what: str, force: bool) -> dict | None:
+    """The latest verify of the job if it passed; else refuse, unless forced. Returns what the event records."""
+    latest = state.info.get("verify")
+    seen = None if latest is None else {"passed": bool(latest.get("passed")), "at": latest.get("at"),
+                                        "failed": list(latest.get("failed") or [])}
+    if seen is not None and seen["passed"]:
+        return seen
+    if force:
+        log.warning("%s forced without a passing verify (%s); recorded in the job's events", what,
+                    "never verified" if seen is None else "latest verify failed: " + ", ".join(seen["failed"]))
+        return seen
+    if seen is None:
+        raise PreconditionError(
+            f"{what} refused: job {state.job_id} has not been verified; run `reembed verify --config ...` "
+            "(or add --force to override; it is recorded)"
+        )
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen["at"])) if seen["at"] else "?"
+    raise PreconditionError(
+        f"{what} refused: the latest verify of job {state.job_id} ({when}) failed: {', '.join(seen['failed'])}; "
+        f"fix the target and run `reembed verify` again (see {latest.get('report') or 'its output'}), or add "
+        "--force to override (recorded)"
+    )
+
+
 def point_alias(client: QdrantGrpc, alias: str, collection: str) -> str | None:
     """Atomically (re)point `alias` at `collection`; returns the collection it pointed at before, if any."""
     if client.collection_exists(alias) and alias not in client.list_aliases():
@@ -46,9 +73,10 @@ def swap(client: QdrantGrpc, store: CheckpointStore, job_id: str, alias: str | N
     if not alias:
         raise PreconditionError("swap needs target.alias in the config: the name the application queries")
     state = _finished_state(store, job_id, "swap")
+    verified = verify_gate(state, "swap", force)
     before = point_alias(client, alias, target)
     event = {"action": "swap", "alias": alias, "from": before or source, "to": target, "at": time.time(),
-             "forced": force}
+             "forced": force, "verify": verified}
     state.events.append(event)
     store.save(state)
     log.info("alias %s now points at %s (was %s)", alias, target, before)
@@ -75,6 +103,11 @@ def rollback(client: QdrantGrpc, store: CheckpointStore, job_id: str, alias: str
 
 def cleanup(client: QdrantGrpc, store: CheckpointStore, job_id: str, source: str, target: str,
             confirm: bool, force: bool = False) -> dict:
+    if source == target:
+        raise PreconditionError(
+            f"this job wrote its new vectors into {source!r} itself; cleanup would delete them too — drop the old "
+            "vector instead: reembed cleanup --drop-vector OLD --confirm"
+        )
     if not confirm:
         raise PreconditionError(f"cleanup deletes collection {source!r} for good; add --confirm to proceed")
     state = _finished_state(store, job_id, "cleanup")
@@ -86,9 +119,58 @@ def cleanup(client: QdrantGrpc, store: CheckpointStore, job_id: str, source: str
         )
     if not client.collection_exists(target):
         raise PreconditionError(f"target collection {target!r} does not exist; refusing to delete the source")
+    verified = verify_gate(state, "cleanup", force)
     if client.collection_exists(source):
         client.delete_collection(source)
-    event = {"action": "cleanup", "deleted": source, "at": time.time(), "forced": force}
+    event = {"action": "cleanup", "deleted": source, "at": time.time(), "forced": force, "verify": verified}
     state.events.append(event)
     store.save(state)
+    return event
+
+
+def drop_vector(client: QdrantGrpc, store: CheckpointStore, job_id: str, collection: str, vector: str,
+                confirm: bool, force: bool = False) -> dict:
+    """After an in-place (or side-by-side) migration: drop the old named vector and all its data
+    (DeleteVectorName, Qdrant >= 1.18). Refuses the vector the job wrote, and anything without --confirm."""
+    from engine.strategies import VECTOR_SCHEMA_SINCE, SourceSchema, version_text
+
+    if not confirm:
+        raise PreconditionError(
+            f"cleanup --drop-vector deletes vector {vector!r} and all its data from {collection!r} for good; "
+            "add --confirm to proceed"
+        )
+    state = _finished_state(store, job_id, "cleanup")
+    decision = state.info.get("decision") or {}
+    written = {decision.get("dense_vector"), decision.get("sparse_vector")} - {None}
+    if vector in written:
+        raise PreconditionError(
+            f"vector {vector!r} is the one this job wrote; --drop-vector takes the OLD vector's name"
+        )
+    info = client.collection_info(collection)
+    if info is None:
+        raise PreconditionError(f"collection {collection!r} does not exist; nothing to drop")
+    schema = SourceSchema.from_info(collection, info, 0)
+    if vector not in schema.dense and vector not in schema.sparse:
+        if vector in (state.info.get("dropped_vectors") or []):
+            return {"action": "drop_vector", "collection": collection, "vector": vector, "already": True}
+        raise PreconditionError(
+            f"{collection!r} has no vector named {vector!r} (vectors: {', '.join(schema.names()) or 'none'}); "
+            "check the name"
+        )
+    if schema.unnamed:
+        raise PreconditionError(f"{collection!r} has an unnamed vector; only named vectors can be dropped")
+    server = client.health()
+    if server.version_tuple() < VECTOR_SCHEMA_SINCE:
+        raise PreconditionError(
+            f"dropping a vector needs Qdrant {version_text(VECTOR_SCHEMA_SINCE)} (server is {server.version}); "
+            "keep it, or re-embed into a new collection without it and swap the alias"
+        )
+    verified = verify_gate(state, "cleanup", force)
+    client.delete_vector_name(collection, vector)
+    event = {"action": "drop_vector", "collection": collection, "vector": vector, "at": time.time(),
+             "forced": force, "verify": verified}
+    state.info["dropped_vectors"] = sorted({*(state.info.get("dropped_vectors") or []), vector})
+    state.events.append(event)
+    store.save(state)
+    log.info("dropped vector %s from %s", vector, collection)
     return event

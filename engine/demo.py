@@ -61,6 +61,7 @@ def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False)
     from engine.demo_corpus import demo_queries, stdlib_passages
     from engine.embed import HashedBowEmbedder, build_embedder
     from engine.embedded.process import EmbeddedProcess
+    from engine.verify import run_verify
 
     t0 = time.monotonic()
     root = Path(data_dir)
@@ -85,8 +86,14 @@ def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False)
         queries = demo_queries()
         model = build_embedder(cfg.model_spec())
         before = {q: _top(client, alias, legacy.embed([q])[0], None) for q in queries}
-        swap(client, jobs.make_store(cfg, client), summary["job_id"], alias, cfg.source.collection, target,
-             force=True)
+        # The guide's last step before cutover: verify. The swap is gated on it.
+        result = run_verify(cfg)
+        for line in result.lines():
+            print(f"  {line}")
+        if not result.passed:
+            print(f"demo: verify failed; the alias stays on the old collection. Report: {result.report}")
+            return 1
+        swap(client, jobs.make_store(cfg, client), summary["job_id"], alias, cfg.source.collection, target)
         after = {q: _top(client, alias, model.embed([q])[0], cfg.target.vector_name) for q in queries}
         print(f"\ndemo: alias {alias!r} now points at {target!r}. Same queries through the alias:\n")
         for q in queries:
@@ -94,7 +101,8 @@ def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False)
             print(f"    before (legacy): {'; '.join(before[q])}")
             print(f"    after  (MiniLM): {'; '.join(after[q])}")
         print(f"\ndemo: migrated {summary['points_written']} points, {summary['points_skipped']} without usable "
-              f"text kept and listed in {summary['dead_letters']}; total demo time {time.monotonic() - t0:.0f}s\n")
+              f"text kept and listed in {summary['dead_letters']}; total demo time {time.monotonic() - t0:.0f}s")
+        print(f"demo: verify passed; report (open in a browser): {result.report}\n")
         client.close()
     if not keep:
         shutil.rmtree(root / "qdrant", ignore_errors=True)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from qdrant_client import grpc as pb
 
 from engine import plan as planning
+from engine import strategies
 from engine.checkpoint import (CheckpointStore, JobState, QdrantCheckpointStore, UriCheckpointStore, check_resume,
                                fingerprint)
 from engine.deadletter import DeadLetters
@@ -54,6 +55,11 @@ def policy_of(cfg) -> RetryPolicy:
 
 
 def text_spec_of(cfg) -> TextSpec:
+    if cfg.source.text_dataset is not None:
+        raise PreconditionError(
+            "this step reads the text from the payload, but the job's text lives in source.text_dataset "
+            f"({cfg.source.text_dataset}); it is not available for external-text jobs"
+        )
     if cfg.source.text_template:
         return TextSpec(template=cfg.source.text_template)
     return TextSpec(field=cfg.source.text_field)
@@ -91,6 +97,16 @@ def make_store(cfg, client: QdrantGrpc) -> CheckpointStore:
     return QdrantCheckpointStore(client, cfg.checkpoint.collection)
 
 
+def text_description(cfg) -> str:
+    """What the new vectors are computed from, for fingerprints and reports."""
+    if cfg.shortcut.kind != "none":
+        return f"vector:{cfg.source.vector_name or ''}"
+    if cfg.source.text_dataset is not None:
+        s = cfg.source
+        return f"parquet:{s.text_dataset}#{s.text_dataset_id_column}->{s.text_dataset_text_column}"
+    return text_spec_of(cfg).describe()
+
+
 def check_source(cfg, client: QdrantGrpc) -> tuple[pb.CollectionInfo, int]:
     src = cfg.source.collection
     info = client.collection_info(src)
@@ -101,10 +117,22 @@ def check_source(cfg, client: QdrantGrpc) -> tuple[pb.CollectionInfo, int]:
             "set source.collection to an existing collection or alias"
         )
     total = client.count(src, exact=True)
-    if total == 0:
-        return info, 0
+    if total == 0 or cfg.shortcut.kind != "none":
+        return info, total  # a shortcut reads stored vectors, not text (strategies.decide checks the vector)
+    points, _ = client.scroll(src, None, TEXT_PROBE_POINTS, with_payload=cfg.source.text_dataset is None)
+    if cfg.source.text_dataset is not None:
+        from engine.text_source import ExternalTexts
+
+        s = cfg.source
+        ext = ExternalTexts(s.text_dataset, s.text_dataset_id_column, s.text_dataset_text_column)
+        found = ext.lookup([wire.id_value(p.id) for p in points])
+        if all(reason is not None and reason.startswith("no row") for _, reason in found.values()):
+            raise PreconditionError(
+                f"none of {len(points)} sampled point ids of {src!r} has a row in source.text_dataset "
+                f"({s.text_dataset}, column {s.text_dataset_id_column!r}); check the dataset and the id column"
+            )
+        return info, total
     spec = text_spec_of(cfg)
-    points, _ = client.scroll(src, None, TEXT_PROBE_POINTS, with_payload=True)
     reasons = [spec.extract(p.payload)[1] for p in points]
     if all(r is not None and r.startswith("missing field") for r in reasons):
         seen = sorted({k for p in points for k in p.payload.keys()})[:12]
@@ -131,9 +159,11 @@ def _metadata_job(info: pb.CollectionInfo) -> str | None:
     return tag.get("job_id") if isinstance(tag, dict) else None
 
 
-def check_target(cfg, client: QdrantGrpc, job_id: str, dim: int | None) -> pb.CollectionInfo | None:
-    name = target_collection(cfg)
-    if name == cfg.source.collection and cfg.strategy == "new_collection":
+def check_target(cfg, client: QdrantGrpc, job_id: str, dim: int | None,
+                 decision: "strategies.Decision | None" = None) -> pb.CollectionInfo | None:
+    """The existing new-collection target, checked to be this job's and to fit; None when it does not exist yet."""
+    name = decision.collection if decision is not None else target_collection(cfg)
+    if name == cfg.source.collection:
         raise PreconditionError(
             "target.collection equals source.collection; new_collection never writes the source: "
             "choose a new target.collection name"
@@ -152,62 +182,49 @@ def check_target(cfg, client: QdrantGrpc, job_id: str, dim: int | None) -> pb.Co
             f"target collection {name!r} already exists with points and was not created by reembed; "
             "choose a new target.collection name"
         )
-    if dim is not None:
-        have = _target_vector_size(info, cfg.target.vector_name or "")
-        if have is None:
-            raise PreconditionError(
-                f"target collection {name!r} has no vector named {cfg.target.vector_name or '(unnamed)'!r}; "
-                "fix target.vector_name or choose a new target.collection"
-            )
-        if have != dim:
-            raise PreconditionError(
-                f"the model makes {dim}-d vectors but target {name!r} vector "
-                f"{cfg.target.vector_name or '(unnamed)'!r} is {have}-d; choose a new target.collection "
-                "(or set model.matryoshka_dim to match)"
-            )
+    if dim is not None or (decision is not None and decision.sparse_name):
+        d = decision or strategies.Decision(cfg.strategy, cfg.strategy, "new_collection", name,
+                                            cfg.target.vector_name or "", None)
+        strategies.check_new_collection_target(info, d, dim)
     return info
 
 
 def create_target(cfg, client: QdrantGrpc, source: pb.CollectionInfo, job_id: str, model: dict,
-                  server: ServerInfo) -> None:
-    name = target_collection(cfg)
-    distance = getattr(pb.Distance, cfg.target.distance)
-    params = pb.VectorParams(size=int(model["dim"]), distance=distance, on_disk=cfg.target.on_disk)
-    if cfg.target.hnsw_m is not None or cfg.target.hnsw_ef_construct is not None:
-        if cfg.target.hnsw_m is not None:
-            params.hnsw_config.m = cfg.target.hnsw_m
-        if cfg.target.hnsw_ef_construct is not None:
-            params.hnsw_config.ef_construct = cfg.target.hnsw_ef_construct
-    req = pb.CreateCollection(collection_name=name)
-    if cfg.target.vector_name:
-        req.vectors_config.params_map.map[cfg.target.vector_name].CopyFrom(params)
-    else:
-        req.vectors_config.params.CopyFrom(params)
+                  server: ServerInfo, decision: "strategies.Decision", schema: "strategies.SourceSchema") -> None:
+    name = decision.collection
+    dim = model.get("dim")
+    req = strategies.new_collection_request(cfg, decision, schema, int(dim) if dim is not None else None)
     if server.version_tuple() >= (1, 16, 0):
         prov = {k: v for k, v in model.items() if isinstance(v, (str, int, float, bool)) or v is None}
         for key, value in values.payload_from_python({METADATA_KEY: {"job_id": job_id, "model": prov}}).items():
             req.metadata[key].CopyFrom(value)
     client.create_collection(req)
     # Payload indexes before ingest (Qdrant bulk guidance): the same fields the source indexes.
-    for field_name, schema in source.payload_schema.items():
-        client.create_field_index(name, field_name, schema.data_type,
-                                  schema.params if schema.HasField("params") else None)
-    log.info("created target %s (%d-d %s, %d payload indexes)", name, model["dim"], cfg.target.distance,
-             len(source.payload_schema))
+    for field_name, schema_ in source.payload_schema.items():
+        client.create_field_index(name, field_name, schema_.data_type,
+                                  schema_.params if schema_.HasField("params") else None)
+    log.info("created target %s (vectors %s, sparse %s, %d payload indexes)", name,
+             sorted(req.vectors_config.params_map.map) or [f"(unnamed) {dim}-d"],
+             sorted(req.sparse_vectors_config.map), len(source.payload_schema))
 
 
-def fingerprint_parts(cfg, model: dict, boundaries: list) -> dict[str, Any]:
+def fingerprint_parts(cfg, model: dict, boundaries: list,
+                      decision: "strategies.Decision | None" = None) -> dict[str, Any]:
     from engine.embed.base import IDENTITY_KEYS
 
-    return {
+    parts = {
         "source": cfg.source.collection,
-        "target": target_collection(cfg),
+        "target": decision.collection if decision is not None else target_collection(cfg),
         "vector": cfg.target.vector_name or "",
         "strategy": cfg.strategy,
-        "text": text_spec_of(cfg).describe(),
+        "text": text_description(cfg),
         "model": {k: model.get(k) for k in IDENTITY_KEYS},
         "boundaries": boundaries,
     }
+    if decision is not None and decision.strategy != "new_collection" or model.get("sparse"):
+        parts["layout"] = decision.as_dict() if decision is not None else None
+        parts["sparse"] = model.get("sparse")
+    return parts
 
 
 def init_ray() -> None:
@@ -223,7 +240,8 @@ def init_ray() -> None:
                  log_to_driver=True, configure_logging=False)
 
 
-def build_runtime(cfg, job_id: str):
+def build_runtime(cfg, job_id: str, decision: "strategies.Decision | None" = None,
+                  vectorizer: dict | None = None):
     import ray
 
     from actors.runtime import RayRuntime, RuntimeSpec
@@ -243,15 +261,26 @@ def build_runtime(cfg, job_id: str):
         cpu_per = max(1.0, float(int(cpus // n_embed)))
         if spec_model.get("threads") is None:
             spec_model["threads"] = int(cpu_per)
-    sink = SinkSpec(collection=target_collection(cfg), vector_name=cfg.target.vector_name or "",
-                    mode="insert_only", upload_batch=p.upload_batch, max_request_bytes=p.max_request_bytes,
-                    requests_in_flight=p.upload_requests_in_flight)
+    if vectorizer is not None and vectorizer.get("dense"):
+        vectorizer = {**vectorizer, "dense": spec_model}  # the thread count chosen above
+    in_place = decision is not None and decision.layout == "in_place"
+    sink = SinkSpec(collection=decision.collection if decision is not None else target_collection(cfg),
+                    vector_name=(decision.dense_name if decision is not None else cfg.target.vector_name) or "",
+                    sparse_name=(decision.sparse_name or "") if decision is not None else "",
+                    mode="update_vectors" if in_place else "insert_only", upload_batch=p.upload_batch,
+                    max_request_bytes=p.max_request_bytes, requests_in_flight=p.upload_requests_in_flight)
+    s = cfg.source
+    dataset = None if s.text_dataset is None else {"path": s.text_dataset, "id_column": s.text_dataset_id_column,
+                                                  "text_column": s.text_dataset_text_column}
     spec = RuntimeSpec(
         endpoint=endpoint_of(cfg), policy=policy_of(cfg), source_collection=cfg.source.collection,
         text_field=None if cfg.source.text_template else cfg.source.text_field,
         text_template=cfg.source.text_template, model_spec=spec_model, sink=sink,
         scroll_actors=p.scroll_actors, embed_actors=n_embed, upload_actors=p.upload_actors,
         gpus_per_embed_actor=gpu_per, cpus_per_embed_actor=cpu_per, name_prefix=f"reembed-{job_id}",
+        copy_vectors=(decision.copy_vectors or None) if decision is not None else None,
+        vectorizer=vectorizer, vector_input=decision.vector_input if decision is not None else None,
+        text_dataset=dataset,
     )
     return RayRuntime(spec), n_embed
 
@@ -311,6 +340,13 @@ def run_catch_up(cfg) -> dict[str, Any]:
         state = store.load(job_id_of(cfg))
         if state is None or not state.finished:
             raise PreconditionError("catch-up needs a finished backfill; run `reembed run` to completion first")
+        decision = state.info.get("decision") or {}
+        if (decision.get("layout", "new_collection") != "new_collection" or decision.get("copy_vectors")
+                or decision.get("sparse_vector") or cfg.shortcut.kind != "none" or cfg.source.text_dataset):
+            raise PreconditionError(
+                "--catch-up reconciles a plain new_collection re-embed only; for this job have the application "
+                "write the new vector too, or run the job again with --restart"
+            )
         outcome = catch_up(client, cfg.source.collection, target_collection(cfg), cfg.target.vector_name or "",
                            text_spec_of(cfg), build_embedder(cfg.model_spec()))
         if outcome.dead:
@@ -324,50 +360,98 @@ def run_catch_up(cfg) -> dict[str, Any]:
         client.close()
 
 
+def vectorizer_spec(cfg, decision: "strategies.Decision", shortcut: dict | None) -> dict | None:
+    """The embedding workers' spec when they do more than run the dense model (engine/vectorize.py)."""
+    if shortcut is None and decision.sparse_name is None:
+        return None
+    sparse = None
+    if decision.sparse_name is not None:
+        sp = cfg.sparse
+        sparse = {"model": sp.model, "language": sp.language, "k": sp.k, "b": sp.b, "avg_len": sp.avg_len,
+                  "max_length": sp.max_length, "device": cfg.model.device}
+    dense = cfg.model_spec() if decision.dense_name is not None and shortcut is None else None
+    return {"dense": dense, "sparse": sparse, "shortcut": shortcut}
+
+
+def probe(cfg, client: QdrantGrpc, server: ServerInfo
+          ) -> tuple[pb.CollectionInfo, int, "strategies.SourceSchema", "strategies.Decision"]:
+    """Every check that needs no model: the source, its text, its schema, and the strategy for this server."""
+    source_info, total = check_source(cfg, client)
+    schema = strategies.SourceSchema.from_info(cfg.source.collection, source_info, total)
+    decision = strategies.decide(cfg, server, schema)
+    return source_info, total, schema, decision
+
+
 def _run_backfill(cfg, *, restart: bool, progress: bool, on_runtime) -> dict[str, Any]:
     t0 = time.monotonic()
-    if cfg.strategy not in ("new_collection", "auto"):
-        raise PreconditionError(
-            f"strategy {cfg.strategy!r} is not available in this version; use strategy: new_collection"
-        )
     client, server = connect(cfg)
-    if server.version_tuple() < (1, 17, 0):
-        log.warning("server %s predates update_mode (1.17): writes are plain upserts, so a point the application "
-                    "writes into the target during the run may be overwritten by the backfill; keep the "
-                    "application writing to the old collection until swap", server.version)
-    job_id = job_id_of(cfg)
-    source_info, total = check_source(cfg, client)
-    check_target(cfg, client, job_id, dim=None)
-    store = make_store(cfg, client)
-    state = store.load(job_id)
-    if state is not None and restart:
-        # Replaced (not deleted) once every check has passed, so a refused restart leaves the old one intact.
-        log.info("--restart: starting job %s over (the target keeps what was written)", job_id)
-        state = None
-    if state is not None and state.finished:
-        log.info("job %s already finished; nothing to do", job_id)
-        return summary(cfg, job_id, state, total, t0, None, already=True)
+    try:
+        # The version and the schema decide the road before anything is written (the guide's first rule).
+        source_info, total, schema, decision = probe(cfg, client, server)
+        log.info("strategy %s (%s layout): %s", decision.strategy, decision.layout, decision.reason)
+        if decision.layout == "new_collection" and server.version_tuple() < strategies.UPDATE_MODE_SINCE:
+            log.warning("server %s predates update_mode (1.17): writes are plain upserts, so a point the application "
+                        "writes into the target during the run may be overwritten by the backfill; keep the "
+                        "application writing to the old collection until swap", server.version)
+        job_id = job_id_of(cfg)
+        if decision.layout == "new_collection":
+            check_target(cfg, client, job_id, dim=None, decision=decision)
+        store = make_store(cfg, client)
+        state = store.load(job_id)
+        owned: list[str] = list((state.info.get("created_vectors") or []) if state is not None else [])
+        if state is not None and restart:
+            # Replaced (not deleted) once every check has passed, so a refused restart leaves the old one intact.
+            log.info("--restart: starting job %s over (the target keeps what was written)", job_id)
+            state = None
+        if state is not None and state.finished:
+            log.info("job %s already finished; nothing to do", job_id)
+            if state.info.get("index") and not state.info["index"].get("restored"):
+                state.info["index"] = strategies.restore_index(client, state.info["index"])
+                store.save(state)
+            return summary(cfg, job_id, state, total, t0, None, already=True)
+        shortcut = None
+        if cfg.shortcut.kind != "none":
+            from engine import shortcuts
+
+            shortcut = shortcuts.runtime_spec(cfg, client, schema, job_id)
+    except BaseException:
+        client.close()
+        raise
 
     init_ray()
-    runtime, n_embed = build_runtime(cfg, job_id)
+    runtime, n_embed = build_runtime(cfg, job_id, decision, vectorizer_spec(cfg, decision, shortcut))
     try:
         model = runtime.describe_model()
-        fp_now = lambda b: fingerprint(fingerprint_parts(cfg, model, b))  # noqa: E731
+        dim = int(model["dim"]) if model.get("dim") is not None else None
+        parts_of = lambda b: fingerprint_parts(cfg, model, b, decision)  # noqa: E731
         if state is not None:
-            check_resume(state, fp_now(state.boundaries),
-                         differences=_diff(state.info.get("parts", {}), fingerprint_parts(cfg, model,
-                                                                                           state.boundaries)))
-        target_info = check_target(cfg, client, job_id, dim=int(model["dim"]))
-        if target_info is None:
-            create_target(cfg, client, source_info, job_id, model, server)
+            check_resume(state, fingerprint(parts_of(state.boundaries)),
+                         differences=_diff(state.info.get("parts", {}), parts_of(state.boundaries)))
+        if decision.layout == "new_collection":
+            target_info = check_target(cfg, client, job_id, dim=dim, decision=decision)
+            if target_info is None:
+                create_target(cfg, client, source_info, job_id, model, server, decision, schema)
+                owned = sorted({*owned, decision.collection})
         if state is None:
             boundaries = planning.plan_boundaries(client, cfg.source.collection, cfg.pipeline.shards)
-            parts = fingerprint_parts(cfg, model, boundaries)
+            parts = parts_of(boundaries)
             state = JobState(job_id=job_id, fingerprint=fingerprint(parts), boundaries=boundaries,
                              shards=planning.shard_states(boundaries),
                              info={"parts": parts, "server": server.version, "model": model,
-                                   "config": cfg.redacted()})
+                                   "config": cfg.redacted(), "decision": decision.as_dict()})
+        if decision.layout == "in_place":
+            # Recorded before creating, so a crash between the two still lets the resumed job own the vectors.
+            wanted = [n for n in (decision.dense_name, decision.sparse_name) if n is not None]
+            state.info["created_vectors"] = sorted({*owned, *wanted})
             store.save(state)
+            created = strategies.add_vectors_in_place(client, cfg, decision, schema, dim, set(owned))
+        else:
+            state.info["created_vectors"] = owned
+            created = [decision.dense_name] if decision.dense_name else []
+        if "index" not in state.info and (decision.layout == "new_collection" and decision.collection in owned
+                                          and state.written == 0 or decision.layout == "in_place" and created):
+            state.info["index"] = strategies.defer_index(client, cfg, decision, created)
+        store.save(state)
         if on_runtime is not None:
             on_runtime(runtime)
         dead = DeadLetters(cfg.dead_letter.dir, job_id)
@@ -384,6 +468,7 @@ def _run_backfill(cfg, *, restart: bool, progress: bool, on_runtime) -> dict[str
         stats.processed = state.written + state.skipped - done0
         stats.pipeline_s = time.monotonic() - t_pipe
         bar.close()
+        state.info["index"] = strategies.restore_index(client, state.info.get("index"))
         state.finished = True
         state.info["dead_letters"], _ = dead.finish()
         state.info["runs"] = record_run(state.info.get("runs"), stats, runtime, window)
@@ -406,9 +491,11 @@ def summary(cfg, job_id: str, state: JobState, total: int, t0: float, stats: Run
     elapsed = time.monotonic() - t0
     out: dict[str, Any] = {
         "job_id": job_id,
-        "strategy": cfg.strategy,
+        "strategy": (state.info.get("decision") or {}).get("strategy", cfg.strategy),
+        "layout": (state.info.get("decision") or {}).get("layout", "new_collection"),
         "source": cfg.source.collection,
-        "target": target_collection(cfg),
+        "target": (state.info.get("decision") or {}).get("collection", target_collection(cfg)),
+        "index": state.info.get("index"),
         "points_total": total,
         "points_written": state.written,
         "points_skipped": state.skipped,

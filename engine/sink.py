@@ -20,6 +20,7 @@ from engine import tunables
 from engine.page import PageBody, WriteAck
 from engine.qdrant import retry, wire
 from engine.qdrant.connection import Endpoint
+from engine.vectorset import VectorSet
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class SinkSpec:
     collection: str
     vector_name: str  # "" = the unnamed default vector
     mode: str = "insert_only"  # insert_only | update_vectors
+    sparse_name: str = ""  # hybrid: the sparse vector's name (the embedder then hands over a VectorSet)
     upload_batch: int = tunables.UPLOAD_BATCH
     max_request_bytes: int = tunables.MAX_REQUEST_BYTES
     requests_in_flight: int = tunables.UPLOAD_REQUESTS_IN_FLIGHT
@@ -62,14 +64,28 @@ class QdrantSink:
             await self._channel.close()
             self._channel = None
 
-    def encode(self, body: PageBody, vectors: np.ndarray | None) -> tuple[list[wire.PointIdValue], list[bytes]]:
-        """Serialised points (PointStruct or PointVectors) in page order, with the new vector where there is one."""
-        name = self.spec.vector_name
-        vec_rows: dict[int, bytes] = {}
-        if vectors is not None and len(body.text_index):
-            arr = np.ascontiguousarray(vectors, dtype="<f4")
+    def _rows(self, body: PageBody, vectors: np.ndarray | VectorSet | None) -> dict[int, dict[str, bytes]]:
+        """Page position -> {vector name: serialised `Vector`} for every point that got new vectors."""
+        rows: dict[int, dict[str, bytes]] = {}
+        if vectors is None or not len(body.text_index):
+            return rows
+        dense, sparse = (vectors.dense, vectors.sparse) if isinstance(vectors, VectorSet) else (vectors, None)
+        if dense is not None:
+            arr = np.ascontiguousarray(dense, dtype="<f4")
             for row, pos in enumerate(body.text_index):
-                vec_rows[pos] = wire.dense_vector(arr[row].tobytes())
+                rows.setdefault(pos, {})[self.spec.vector_name] = wire.dense_vector(arr[row].tobytes())
+        if sparse is not None:
+            # An empty sparse vector (a text of stopwords only) is still written: the point was processed.
+            for row, pos in enumerate(body.text_index):
+                idx, val = sparse[row]
+                rows.setdefault(pos, {})[self.spec.sparse_name] = wire.sparse_vector(idx, val)
+        return rows
+
+    def encode(self, body: PageBody, vectors: np.ndarray | VectorSet | None
+               ) -> tuple[list[wire.PointIdValue], list[bytes]]:
+        """Serialised points (PointStruct or PointVectors) in page order, with the new vectors where there are."""
+        name = self.spec.vector_name
+        vec_rows = self._rows(body, vectors)
         ids: list[wire.PointIdValue] = []
         out: list[bytes] = []
         if self.spec.mode == "insert_only":
@@ -78,12 +94,13 @@ class QdrantSink:
                 if vec is None and name == "":
                     continue  # an unnamed-vector collection cannot hold a point without a vector; it is dead-lettered
                 ids.append(body.ids[pos])
-                out.append(blob + (wire.vectors_field({name: vec}) if vec is not None else wire.EMPTY_NAMED_VECTORS))
+                # Two `vectors` fields merge on the wire: copied old vectors (in the blob) plus the new ones.
+                out.append(blob + (wire.vectors_field(vec) if vec is not None else wire.EMPTY_NAMED_VECTORS))
         else:
             for pos, vec in vec_rows.items():
                 pid = wire.point_id(body.ids[pos]).SerializeToString()
                 ids.append(body.ids[pos])
-                out.append(wire.point_vectors(pid, {name: vec}))
+                out.append(wire.point_vectors(pid, vec))
         return ids, out
 
     def _request(self, points: Sequence[bytes]) -> bytes:
@@ -102,7 +119,7 @@ class QdrantSink:
                 what=what, address=self.endpoint.address, policy=self.policy, stats=stats,
             )
 
-    async def write(self, shard: int, seq: int, body: PageBody, vectors: np.ndarray | None) -> WriteAck:
+    async def write(self, shard: int, seq: int, body: PageBody, vectors: np.ndarray | VectorSet | None) -> WriteAck:
         ids, points = self.encode(body, vectors)
         written = len(body.text_index)
         skipped = len(body.ids) - written

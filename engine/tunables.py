@@ -25,7 +25,13 @@ RPC_TIMEOUT_S = 60.0  # one RPC; a wait=true upsert of 256 points finishes far s
 TOKEN_BUDGET_CPU = 4096  # padded tokens per forward pass on CPU; measured: larger batches add nothing on 2 cores.
 TOKEN_BUDGET_GPU = 65536  # padded tokens per forward on GPU; keeps an H100 saturated for BERT-base-sized models.
 MAX_BATCH_TEXTS = 512  # upper bound on texts per forward whatever the budget, bounds activation memory for short texts.
+BATCH_OVERHEAD_TOKENS_CPU = 64  # fixed cost of one forward in padded-token equivalents; batch cuts trade it vs padding.
+BATCH_OVERHEAD_TOKENS_GPU = 4096  # est.: ~100 kernel launches (~0.5 ms) at millions of tokens/s; bench/embed.py measures.
 
 # --- checkpoints --------------------------------------------------------------------------------------------------
 CHECKPOINT_COLLECTION = "_reembed"  # progress lives in the target Qdrant so a resubmitted job on a new head resumes.
 CHECKPOINT_MIN_INTERVAL_S = 0.0  # save on every cursor move (coalesced per loop turn): a crash redoes only in-flight pages.
+
+# --- strategies ---------------------------------------------------------------------------------------------------
+DEFERRED_INDEXING_THRESHOLD_KB = 2**40  # "very high" (guide): no segment reaches it, so no HNSW builds during a load.
+INDEX_GREEN_TIMEOUT_S = 6 * 3600.0  # building HNSW for 100M+ vectors takes hours; after this, report and stop waiting.

@@ -8,6 +8,7 @@ every Qdrant server speaks) and so every call goes through one retry policy with
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -208,3 +209,37 @@ class QdrantGrpc:
         if exact:
             req.params.exact = True
         return list(self._call(f"search {collection!r}", self.points.Query, req).result)
+
+    # --- vector schema (Qdrant >= 1.18) ---------------------------------------------------------------------------
+    def create_vector_name(self, collection: str, name: str, *, dense: pb.DenseVectorCreationConfig | None = None,
+                           sparse: pb.SparseVectorCreationConfig | None = None) -> None:
+        """Add a named vector to an existing collection (Points.CreateVectorName, Qdrant >= 1.18)."""
+        req = pb.CreateVectorNameRequest(collection_name=collection, vector_name=name, wait=True)
+        if dense is not None:
+            req.dense_config.CopyFrom(dense)
+        elif sparse is not None:
+            req.sparse_config.CopyFrom(sparse)
+        else:
+            raise ValueError("create_vector_name needs dense or sparse")
+        self._call(f"create vector {name!r} on {collection!r}", self.points.CreateVectorName, req)
+
+    def delete_vector_name(self, collection: str, name: str) -> None:
+        """Drop a named vector's schema and all its data (Points.DeleteVectorName, Qdrant >= 1.18)."""
+        req = pb.DeleteVectorNameRequest(collection_name=collection, vector_name=name, wait=True)
+        self._call(f"delete vector {name!r} from {collection!r}", self.points.DeleteVectorName, req)
+
+    def wait_green(self, collection: str, timeout_s: float, poll_s: float = 2.0) -> tuple[str, float]:
+        """Poll until the collection's status is green (optimisations and index builds done); returns the last
+        status name and the seconds waited. Never raises on a timeout: the caller reports the status."""
+        t0 = time.monotonic()
+        last_log = t0
+        while True:
+            info = self.collection_info(collection)
+            status = pb.CollectionStatus.Name(info.status) if info is not None else "Missing"
+            waited = time.monotonic() - t0
+            if status in ("Green", "Missing") or waited >= timeout_s:
+                return status, waited
+            if time.monotonic() - last_log >= 30:
+                log.info("waiting for %s to turn green (status %s, %.0f s so far)", collection, status, waited)
+                last_log = time.monotonic()
+            time.sleep(poll_s)

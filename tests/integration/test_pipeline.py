@@ -11,6 +11,7 @@ from engine import job as jobs
 from engine.cutover import cleanup, rollback, swap
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import ModelError, PreconditionError
+from engine.verify import run_verify
 from tests.integration.pipeline_support import assert_exact, client_for, config, make_payloads, seed_collection
 
 pytestmark = pytest.mark.integration
@@ -69,6 +70,9 @@ def test_cutover_swap_rollback_cleanup(server, seeded, tmp_path):
     with pytest.raises(PreconditionError, match="has not finished"):
         swap(client, store, job_id, "src_live", "src", "dst_cut")
     jobs.run_job(cfg, progress=False)
+    with pytest.raises(PreconditionError, match="verify"):
+        swap(client, store, job_id, "src_live", "src", "dst_cut")  # the gate: no passing verify yet
+    assert run_verify(cfg, sample=200).passed
     swap(client, store, job_id, "src_live", "src", "dst_cut")
     assert client.list_aliases()["src_live"] == "dst_cut"
     with pytest.raises(PreconditionError, match="--confirm"):

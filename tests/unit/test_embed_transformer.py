@@ -60,17 +60,34 @@ def _cos(a, b):
 # --- pooling ------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def st_token_features(st_model):
+    with torch.inference_mode():
+        return st_model[0](dict(st_model.preprocess(TEXTS[:8])))
+
+
+@pytest.fixture(scope="module")
+def unnormalised(model_dir) -> TransformerEmbedder:
+    return TransformerEmbedder(model_dir, normalize=False, device="cpu")
+
+
 @pytest.mark.parametrize("mode", ["cls", "max", "mean", "lasttoken", "weightedmean", "mean_sqrt_len_tokens"])
-def test_pooling_modes_match_sentence_transformers(mode, model_dir, st_model):
+def test_pooling_modes_match_sentence_transformers(mode, unnormalised, st_token_features):
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    texts = TEXTS[:8]
-    ours = TransformerEmbedder(model_dir, pooling=mode, normalize=False, device="cpu").embed(texts)
+    unnormalised.pooling_modes = (mode,)  # what TransformerEmbedder(pooling=mode) sets, without reloading
+    try:
+        ours = unnormalised.embed(TEXTS[:8])
+    finally:
+        unnormalised.pooling_modes = ("mean",)
     with torch.inference_mode():
-        features = st_model[0](dict(st_model.preprocess(texts)))
-        reference = Pooling(384, pooling_mode=mode)(features)["sentence_embedding"].numpy()
+        reference = Pooling(384, pooling_mode=mode)(dict(st_token_features))["sentence_embedding"].numpy()
     assert _cos(ours, reference).min() >= 0.9999
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(reference, axis=1), rtol=1e-4)
+
+
+def test_pooling_option_sets_the_mode(model_dir):
+    assert TransformerEmbedder(model_dir, pooling="cls", device="cpu").describe()["pooling"] == "cls"
 
 
 def test_pooling_is_the_same_for_left_and_right_padding():
@@ -235,11 +252,11 @@ def test_embed_stream_and_threads_give_the_same_vectors(embedder):
 # --- Matryoshka, prefix, normalisation ----------------------------------------------------------------------------
 
 
-def test_matryoshka_truncates_then_renormalises(model_dir, embedder):
+def test_matryoshka_truncates_then_renormalises(model_dir, unnormalised):
     m = TransformerEmbedder(model_dir, device="cpu", matryoshka_dim=128)
     assert m.dim == 128 and m.describe()["dim"] == 128 and m.describe()["model_dim"] == 384
     out = m.embed(TEXTS)
-    full = TransformerEmbedder(model_dir, device="cpu", normalize=False).embed(TEXTS)
+    full = unnormalised.embed(TEXTS)
     expected = full[:, :128] / np.linalg.norm(full[:, :128], axis=1, keepdims=True)
     assert out.shape == (len(TEXTS), 128)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
@@ -254,8 +271,8 @@ def test_prefix_is_prepended(model_dir, embedder):
     assert prefixed.describe()["prefix"] == "query: "
 
 
-def test_normalize_false_keeps_raw_norms(model_dir):
-    raw = TransformerEmbedder(model_dir, device="cpu", normalize=False).embed(TEXTS[:4])
+def test_normalize_false_keeps_raw_norms(unnormalised):
+    raw = unnormalised.embed(TEXTS[:4])
     assert np.abs(np.linalg.norm(raw, axis=1) - 1).max() > 0.01
 
 
