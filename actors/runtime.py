@@ -34,6 +34,12 @@ _LOST = tuple(
 )
 
 
+def _transient(err: BaseException) -> bool:
+    """The actor is restarting or briefly unreachable: the page did nothing wrong."""
+    unavailable = getattr(rex, "ActorUnavailableError", None)
+    return unavailable is not None and isinstance(err, unavailable)
+
+
 @dataclass
 class RuntimeSpec:
     endpoint: Endpoint
@@ -155,14 +161,14 @@ class RayRuntime:
             return ray.get(handle)
         except _LOST as err:
             self._parts.pop(handle, None)
-            raise WorkerLost(type(err).__name__) from None
+            raise WorkerLost(type(err).__name__, transient=_transient(err)) from None
         except rex.RayTaskError as err:
             self._parts.pop(handle, None)
             cause = getattr(err, "cause", None)
             if isinstance(cause, ReembedError):
                 raise cause from None
             if isinstance(cause, _LOST):
-                raise WorkerLost(type(cause).__name__) from None
+                raise WorkerLost(type(cause).__name__, transient=_transient(cause)) from None
             raise WorkerLost(f"{type(cause).__name__ if cause else 'task error'}: {str(cause or err)[:200]}") from None
 
     def all_actors(self) -> list[Any]:

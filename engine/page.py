@@ -22,6 +22,7 @@ class PageMeta:
     n_points: int
     n_texts: int
     dead: list[tuple[PointIdValue, str]] = field(default_factory=list)  # points without usable text, with reason
+    retries: dict[str, int] = field(default_factory=dict)  # RPC retries by cause while reading this page
 
     @property
     def exhausted(self) -> bool:

@@ -21,10 +21,22 @@ from engine.qdrant.wire import PointIdValue
 log = logging.getLogger(__name__)
 
 MAX_PAGE_ATTEMPTS = 6  # a page whose workers die this often points at a poisoned input or a broken node
+REDO_BASE_DELAY_S = 0.5  # first pause before redoing a page; doubled per attempt (0.5 .. 8 s over 6 attempts)
+REDO_MAX_DELAY_S = 8.0
+# A restarting actor (a GPU node reloading its model, a preempted spot node being replaced) refuses tasks for a
+# while; that is not the page's fault, so it costs no attempt, only this much waiting before the job gives up.
+UNAVAILABLE_RETRY_S = 1.0
+MAX_UNAVAILABLE_S = 600.0
 
 
 class WorkerLost(Exception):
-    """A worker died or lost its result; the page is safe to redo (every write is idempotent)."""
+    """A worker died or lost its result; the page is safe to redo (every write is idempotent).
+
+    `transient` marks a worker that is restarting rather than one that failed on this page."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Runtime(Protocol):
@@ -47,6 +59,7 @@ class _Page:
     meta: PageMeta | None = None
     attempts: int = 1
     to_stop: bool = False
+    unavailable_since: float | None = None
 
 
 @dataclass
@@ -106,26 +119,45 @@ class Coordinator:
             h = self.runtime.read(page.shard, page.seq, page.start, page.stop, self.page_size, page.to_stop)
             reads[h] = page
 
-        def redo(page: _Page, cause: BaseException) -> None:
-            page.attempts += 1
-            if page.attempts > MAX_PAGE_ATTEMPTS:
-                raise ReembedError(
-                    f"page {page.seq} of shard {page.shard} failed {MAX_PAGE_ATTEMPTS} times (last: {cause}); "
-                    "check the worker logs (ray logs) for the cause, then re-run to resume"
-                )
+        deferred: list[tuple[float, _Page]] = []  # pages waiting out a pause before they are read again
+
+        def redo(page: _Page, cause: WorkerLost) -> None:
+            now = time.monotonic()
+            if cause.transient:
+                page.unavailable_since = page.unavailable_since or now
+                if now - page.unavailable_since > MAX_UNAVAILABLE_S:
+                    raise ReembedError(
+                        f"page {page.seq} of shard {page.shard}: workers unavailable for {MAX_UNAVAILABLE_S:.0f} s "
+                        f"(last: {cause}); check the cluster (ray status), then re-run to resume"
+                    )
+                delay = UNAVAILABLE_RETRY_S
+            else:
+                page.attempts += 1
+                page.unavailable_since = None
+                if page.attempts > MAX_PAGE_ATTEMPTS:
+                    raise ReembedError(
+                        f"page {page.seq} of shard {page.shard} failed {MAX_PAGE_ATTEMPTS} times (last: {cause}); "
+                        "check the worker logs (ray logs) for the cause, then re-run to resume"
+                    )
+                delay = min(REDO_MAX_DELAY_S, REDO_BASE_DELAY_S * 2 ** (page.attempts - 2))
             self.stats.pages_redone += 1
             if page.meta is not None:
                 self.stats.points_redone += page.meta.n_points
                 # Re-read exactly the range the page covered the first time.
                 page.stop = page.meta.next_offset if page.meta.next_offset is not None else page.stop
                 page.to_stop = True
-            log.warning("redoing page %d of shard %d (attempt %d): %s", page.seq, page.shard, page.attempts, cause)
-            submit_read(page)
+            log.warning("redoing page %d of shard %d in %.1fs (attempt %d): %s", page.seq, page.shard, delay,
+                        page.attempts, cause)
+            deferred.append((now + delay, page))
 
         while any(not s.done for s in shards):
+            now = time.monotonic()
+            for item in [d for d in deferred if d[0] <= now]:
+                deferred.remove(item)
+                submit_read(item[1])
             # Fill the window round-robin over shards, one first-read in flight per shard.
             for _ in range(len(order)):
-                if len(reads) + len(procs) >= self.window:
+                if len(reads) + len(procs) + len(deferred) >= self.window:
                     break
                 shard = order[rr % len(order)]
                 rr += 1
@@ -138,7 +170,10 @@ class Coordinator:
                 submit_read(page)
             pending = list(reads) + list(procs)
             if not pending:
-                raise ReembedError("internal: no work in flight but shards unfinished; re-run to resume")
+                if not deferred:
+                    raise ReembedError("internal: no work in flight but shards unfinished; re-run to resume")
+                time.sleep(max(0.0, min(t for t, _ in deferred) - time.monotonic()))
+                continue
             for h in self.runtime.wait(pending, timeout=0.5):
                 if h in reads:
                     page = reads.pop(h)
@@ -170,7 +205,7 @@ class Coordinator:
                     meta = page.meta  # type: ignore[assignment]
                     self.stats.pages_written += 1
                     self.stats.write_requests += ack.requests
-                    for cause, n in ack.retries.items():
+                    for cause, n in [*ack.retries.items(), *meta.retries.items()]:
                         self.stats.retries[cause] = self.stats.retries.get(cause, 0) + n
                     dead = list(meta.dead) + list(ack.dead)
                     if dead and self.on_dead is not None:

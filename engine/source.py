@@ -77,6 +77,7 @@ class QdrantSource:
         The inputs are texts, or stored vectors (float32 rows) for a shortcut.
         """
         with_vectors = self.with_vectors
+        retries_before = self.client.stats.snapshot() if hasattr(self.client, "stats") else {}
         points, nxt = self.client.scroll(self.collection, start, limit, with_payload=True, with_vectors=with_vectors)
         if to_stop:
             points = list(points)
@@ -108,8 +109,10 @@ class QdrantSource:
                 inputs.append(value)
             else:
                 dead.append((pid, reason))
+        retries = self.client.stats.snapshot() if hasattr(self.client, "stats") else {}
+        retries = {k: n - retries_before.get(k, 0) for k, n in retries.items() if n > retries_before.get(k, 0)}
         meta = PageMeta(shard=shard, seq=seq, start=start, next_offset=nxt, n_points=len(ids),
-                        n_texts=len(inputs), dead=dead)
+                        n_texts=len(inputs), dead=dead, retries=retries)
         return meta, inputs, PageBody(ids=ids, blobs=blobs, text_index=text_index)
 
     def _input(self, p: pb.RetrievedPoint, pid: wire.PointIdValue, external) -> tuple[object, str | None]:

@@ -61,13 +61,14 @@ def seed_collection(client: QdrantGrpc, name: str, payloads: dict, dim: int = 8)
         client.upsert_raw(wire.upsert_request(name, blobs, wait=True, insert_only=False), "seed")
 
 
-def config(port: int, tmp: Path, *, source="src", target="dst", model="hash:32", shards=4, page=128, **extra):
+def config(port: int, tmp: Path, *, source="src", target="dst", model="hash:32", shards=4, page=128,
+           strategy="new_collection", **extra):
     data = {
         "qdrant": {"url": "http://127.0.0.1", "grpc_port": port},
         "source": {"collection": source, "text_field": "text"},
         "target": {"collection": target, "alias": f"{source}_live", "vector_name": "dense"},
         "model": {"name": model},
-        "strategy": "new_collection",
+        "strategy": strategy,
         "pipeline": {"shards": shards, "scroll_page": page, "upload_batch": 64, "embed_actors": 1,
                      "upload_actors": 2, "scroll_actors": 2},
         "retry": {"max_attempts": 30, "base_delay_s": 0.05, "max_delay_s": 1.0, "deadline_s": 120},

@@ -47,6 +47,8 @@ CASES = [
     ("target of another job", dict(source="src2", target="owned"), "belongs to another reembed job"),
     ("dimension differs from the target", dict(target="owned", model="hash:16", restart=True), "16-d vectors"),
     ("strategy the server cannot do", dict(target="t4", strategy="in_place"), "in_place"),
+    ("unknown vector name", dict(target="t5", strategy="side_by_side", source__vector_name="nope"),
+     "source.vector_name"),
 ]
 
 
@@ -56,7 +58,9 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(server, tmp_path
     restart = over.pop("restart", False)
     strategy = over.pop("strategy", None)
     cfg = config(server.port, tmp_path, **over)
-    if strategy:
+    if strategy == "side_by_side":
+        cfg = config(server.port, tmp_path, strategy=strategy, **over)
+    elif strategy:
         data = cfg.model_dump(mode="python")
         data["qdrant"]["api_key"] = None
         data["strategy"] = strategy
