@@ -23,7 +23,7 @@ from engine import strategies
 from engine.checkpoint import (CheckpointStore, JobState, QdrantCheckpointStore, UriCheckpointStore, check_resume,
                                fingerprint)
 from engine.deadletter import DeadLetters
-from engine.errors import PreconditionError, QdrantUnavailable
+from engine.errors import ReembedError, PreconditionError, QdrantUnavailable
 from engine.page import PageMeta
 from engine.pipeline import Coordinator, RunStats
 from engine.qdrant import values, wire
@@ -36,6 +36,7 @@ from engine.sink import SinkSpec
 
 log = logging.getLogger(__name__)
 
+RAY_START_ATTEMPTS = 3  # local Ray start-ups retried after a start-up timeout
 TEXT_PROBE_POINTS = 256  # points read to check the text field exists before anything is written
 METADATA_KEY = "reembed"  # collection metadata key holding the job id and model provenance (Qdrant >= 1.16)
 # A first contact fails fast: a mistyped host should not wait out the full retry deadline.
@@ -235,9 +236,22 @@ def init_ray() -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
-    else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, ignore_reinit_error=True,
-                 log_to_driver=True, configure_logging=False)
+        return
+    # A local node can miss Ray's start-up deadline on a loaded machine (seen on 2 busy cores); one more try
+    # costs seconds, a failed job costs the operator a re-run.
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, ignore_reinit_error=True,
+                     log_to_driver=True, configure_logging=False)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for a start-up timeout
+            ray.shutdown()
+            if attempt == RAY_START_ATTEMPTS:
+                raise ReembedError(
+                    f"a local Ray node could not start ({str(exc).splitlines()[0]}); free some CPU or memory, or "
+                    "point RAY_ADDRESS at a running cluster, then re-run to resume"
+                ) from None
+            log.warning("local Ray start failed (%s); retrying", str(exc).splitlines()[0])
 
 
 def build_runtime(cfg, job_id: str, decision: "strategies.Decision | None" = None,
