@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from engine import tunables
-from engine.checkpoint import CheckpointStore, JobState, OrderedCommit
+from engine.checkpoint import BackgroundSaver, CheckpointStore, JobState, OrderedCommit
 from engine.errors import ReembedError
 from engine.page import PageMeta, WriteAck
 from engine.qdrant.wire import PointIdValue
@@ -101,6 +101,13 @@ class Coordinator:
         self.stats = RunStats()
 
     def run(self) -> RunStats:
+        saver = BackgroundSaver(self.store, self.state.job_id)
+        try:
+            return self._run(saver)
+        finally:
+            saver.close()
+
+    def _run(self, saver: BackgroundSaver) -> RunStats:
         shards = [s for s in self.state.shards if not s.done]
         commits = {s.shard: OrderedCommit(s) for s in shards}
         next_start: dict[int, PointIdValue | None] = {s.shard: s.cursor for s in shards}
@@ -218,11 +225,12 @@ class Coordinator:
                         dirty = True
             now = time.monotonic()
             if dirty and now - last_save >= self.save_interval_s:
-                self.store.save(self.state)
+                saver.submit(self.state)
                 last_save, dirty = now, False
                 self.stats.timeline.append((now - t0, self.state.written + self.state.skipped))
             if self.on_progress is not None:
                 self.on_progress(self.state, self.stats)
+        saver.flush()
         self.store.save(self.state)
         self.stats.timeline.append((time.monotonic() - t0, self.state.written + self.state.skipped))
         return self.stats

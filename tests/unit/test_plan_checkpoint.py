@@ -72,3 +72,48 @@ def test_fingerprint_mismatch_fails_loudly():
     check_resume(state, fingerprint(dict(parts)))
     with pytest.raises(CheckpointMismatch, match="--restart"):
         check_resume(state, fingerprint({**parts, "model": "b"}), "model changed")
+
+
+class SlowStore:
+    def __init__(self, fail_on=None):
+        import threading
+
+        self.saved, self.fail_on, self.gate = [], fail_on, threading.Event()
+
+    def save_text(self, job_id, text):
+        self.gate.wait(5)
+        if self.fail_on is not None and self.fail_on in text:
+            raise RuntimeError("server down")
+        self.saved.append(text)
+
+
+def _state(cursor):
+    st = JobState(job_id="b", fingerprint="f", boundaries=[], shards=shard_states([]))
+    st.shards[0].cursor = cursor
+    return st
+
+
+def test_background_saver_writes_the_latest_snapshot_and_flushes():
+    from engine.checkpoint import BackgroundSaver
+
+    store = SlowStore()
+    saver = BackgroundSaver(store, "b")
+    for cursor in range(1, 50):
+        saver.submit(_state(cursor))  # the writer is blocked: snapshots pile up, only the newest survives
+    store.gate.set()
+    saver.flush()
+    saver.close()
+    assert 1 <= len(store.saved) <= 2
+    assert JobState.from_json(store.saved[-1]).shards[0].cursor == 49
+
+
+def test_background_saver_hands_errors_to_the_coordinator():
+    from engine.checkpoint import BackgroundSaver
+
+    store = SlowStore(fail_on='"cursor": 7')
+    store.gate.set()
+    saver = BackgroundSaver(store, "b")
+    saver.submit(_state(7))
+    with pytest.raises(RuntimeError, match="server down"):
+        saver.flush()
+    saver.close()
