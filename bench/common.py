@@ -281,45 +281,95 @@ def pipeline_of(args: argparse.Namespace) -> dict[str, int]:
 class ReembedRun:
     summary: dict[str, Any]
     roles: dict[int, str] = field(default_factory=dict)  # pid -> role of every actor
+    embed_busy: list[dict[str, float]] = field(default_factory=list)  # per embedding actor, with time_embed
+
+
+def _timed_embed_worker() -> type:
+    """EmbedWorker plus a clock around embed(): how long the model was busy, measured inside the actor. Made on
+    first use and bound as this module's TimedEmbedWorker, so Ray can import it by name in the workers."""
+    global TimedEmbedWorker
+    try:
+        return TimedEmbedWorker
+    except NameError:
+        pass
+    from actors.workers import EmbedWorker
+
+    class _Timed(EmbedWorker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._busy = {"busy_s": 0.0, "texts": 0, "calls": 0}
+
+        def embed(self, texts: list):
+            t0 = time.perf_counter()
+            try:
+                return super().embed(texts)
+            finally:
+                self._busy["busy_s"] += time.perf_counter() - t0
+                self._busy["texts"] += len(texts)
+                self._busy["calls"] += 1
+
+        def busy(self) -> dict[str, float]:
+            return dict(self._busy)
+
+    _Timed.__name__ = _Timed.__qualname__ = "TimedEmbedWorker"
+    TimedEmbedWorker = _Timed
+    return _Timed
+
+
+def __getattr__(name: str) -> Any:
+    # Ray imports the timed worker class by name in its worker processes: make it on that first lookup too.
+    if name == "TimedEmbedWorker":
+        return _timed_embed_worker()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_reembed(cfg, on_pids: Callable[[dict[int, str]], None] | None = None,
-                on_pipeline: Callable[[bool], None] | None = None) -> ReembedRun:
+                on_pipeline: Callable[[bool], None] | None = None, time_embed: bool = False) -> ReembedRun:
     """run_job with the actors' pids collected (and handed to `on_pids`) once they are up, and `on_pipeline(True)`
     / `on_pipeline(False)` called when the coordinator starts and stops: the window pipeline-only figures cover
-    (run_job itself goes on to write its report after that)."""
+    (run_job itself goes on to write its report after that). `time_embed` runs the embedding actors as
+    TimedEmbedWorker and returns how long each one's model was busy."""
     import ray
 
+    import actors.runtime
     from engine.job import run_job
     from engine.pipeline import Coordinator
 
-    roles: dict[int, str] = {}
+    result = ReembedRun(summary={})
+    handles: list[Any] = []
 
     def grab(runtime) -> None:
+        handles.append(runtime)
         groups = (("scroll", runtime.scrollers), ("embed", runtime.embedders), ("upload", runtime.uploaders))
-        for kind, actors in groups:
-            for i, pid in enumerate(ray.get([a.pid.remote() for a in actors])):
-                roles[pid] = f"{kind}-{i}"
+        for kind, group in groups:
+            for i, pid in enumerate(ray.get([a.pid.remote() for a in group])):
+                result.roles[pid] = f"{kind}-{i}"
         if on_pids is not None:
-            on_pids(roles)
+            on_pids(result.roles)
 
-    original = Coordinator.__dict__["run"]
+    original_run = Coordinator.__dict__["run"]
+    original_worker = actors.runtime.EmbedWorker
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         if on_pipeline is not None:
             on_pipeline(True)
         try:
-            return original(self, *args, **kwargs)
+            return original_run(self, *args, **kwargs)
         finally:
+            if time_embed and handles:  # before run_job shuts the actors down
+                result.embed_busy = ray.get([e.busy.remote() for e in handles[0].embedders])
             if on_pipeline is not None:
                 on_pipeline(False)
 
     Coordinator.run = run  # type: ignore[method-assign]
+    if time_embed:
+        actors.runtime.EmbedWorker = _timed_embed_worker()
     try:
-        summary = run_job(cfg, progress=False, on_runtime=grab)
+        result.summary = run_job(cfg, progress=False, on_runtime=grab)
     finally:
-        Coordinator.run = original  # type: ignore[method-assign]
-    return ReembedRun(summary=summary, roles=roles)
+        Coordinator.run = original_run  # type: ignore[method-assign]
+        actors.runtime.EmbedWorker = original_worker
+    return result
 
 
 class DriverTimers:

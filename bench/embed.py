@@ -82,19 +82,28 @@ def corpus(n: int, seed: int) -> list[str]:
     return texts
 
 
-def timed(fn, repeat: int) -> tuple[float, object]:
-    """Best wall time of `repeat` runs (this machine is shared; the best run is the least disturbed) and the
-    last result."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return best, result
+def time_once(fn) -> tuple[float, object]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, result
+
+
+def interleaved(methods: dict, rounds: int) -> tuple[dict, dict]:
+    """Best wall time per method over `rounds` rounds, each round running every method once, starting one
+    method later each round: on a shared machine, load that comes and goes then falls on every method alike
+    instead of on whichever always runs first."""
+    best = {name: float("inf") for name in methods}
+    results: dict = {}
+    names = list(methods)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            seconds, results[name] = time_once(methods[name])
+            best[name] = min(best[name], seconds)
+    return best, results
 
 
 def engine_run(embedder: TransformerEmbedder, texts: list[str], page: int) -> np.ndarray:
@@ -147,25 +156,28 @@ def model_flops(embedder: TransformerEmbedder, lengths: np.ndarray) -> float:
     return float(2 * dense_params * lengths.sum() + 4 * layers * hidden * (lengths ** 2).sum())
 
 
-def st_baseline(embedder: TransformerEmbedder, model_path: str | None, texts: list[str], repeat: int,
-                device: str) -> tuple[float | None, str, np.ndarray | None]:
+def st_encoder(embedder: TransformerEmbedder, model_path: str | None, texts: list[str], device: str, tmp: str):
+    """A zero-argument callable running sentence-transformers' encode on the same model, or a reason why not."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        return None, "sentence-transformers not installed: baseline skipped", None
-    with tempfile.TemporaryDirectory() as tmp:
-        if model_path is None:  # random weights: save them so sentence-transformers loads the very same model
-            embedder.model.save_pretrained(tmp)
-            embedder.tokenizer.save_pretrained(tmp)
-            model_path = tmp
-        st = SentenceTransformer(model_path, device=device)
-        st.max_seq_length = embedder.max_length
-        st.to(embedder.torch_dtype)
-        encode = lambda: st.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,  # noqa: E731
-                                   show_progress_bar=False)
-        encode()  # warm-up
-        seconds, vectors = timed(encode, repeat)
-    return seconds, "sentence-transformers encode(batch_size=64)", np.asarray(vectors, dtype=np.float32)
+        return None, "sentence-transformers not installed: baseline skipped"
+    if model_path is None:  # random weights: save them so sentence-transformers loads the very same model
+        embedder.model.save_pretrained(tmp)
+        embedder.tokenizer.save_pretrained(tmp)
+        model_path = tmp
+    st = SentenceTransformer(model_path, device=device)
+    st.max_seq_length = embedder.max_length
+    st.to(embedder.torch_dtype)
+
+    def encode() -> np.ndarray:
+        vectors = st.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+    encode_warm = texts[: min(64, len(texts))]
+    st.encode(encode_warm, batch_size=64, show_progress_bar=False)
+    return encode, "sentence-transformers encode(batch_size=64)"
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -192,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--page", type=int, default=tunables.SCROLL_PAGE, help="texts per embed() call")
     parser.add_argument("--unsorted-batch", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=1, help="runs per method; the best is kept")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds; each runs every method once, and each method's best round is kept")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                         help="accelerator peak for MFU (default: H100 dense bf16)")
     parser.add_argument("--skip-st", action="store_true")
@@ -229,49 +242,64 @@ def main(argv: list[str] | None = None) -> int:
     embedder.embed(warm)
     unsorted_run(embedder, warm, args.unsorted_batch)
 
-    engine_s, engine_vecs = timed(lambda: engine_run(embedder, texts, args.page), args.repeat)
-    stream_s, _ = timed(lambda: engine_stream(embedder, texts, args.page), args.repeat)
-    unsorted_s, unsorted_vecs = timed(lambda: unsorted_run(embedder, texts, args.unsorted_batch), args.repeat)
+    methods = {
+        "engine": lambda: engine_run(embedder, texts, args.page),
+        "stream": lambda: engine_stream(embedder, texts, args.page),
+        "unsorted": lambda: unsorted_run(embedder, texts, args.unsorted_batch),
+    }
+    st_note = "skipped (--skip-st)"
+    tmp = tempfile.TemporaryDirectory()
+    if not args.skip_st:
+        encode, st_note = st_encoder(embedder, model_path, texts, device, tmp.name)
+        if encode is not None:
+            methods["st"] = encode
+    budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+
+    def with_budget(budget: int):
+        def run() -> np.ndarray:
+            original, embedder.token_budget = embedder.token_budget, budget
+            try:
+                return engine_run(embedder, texts, args.page)
+            finally:
+                embedder.token_budget = original
+        return run
+
+    for budget in budgets:
+        methods[f"budget:{budget}"] = with_budget(budget)
+    seconds, results = interleaved(methods, args.repeat)
+    tmp.cleanup()
+
     figures: dict = {
-        "texts_per_s": len(texts) / engine_s,
-        "stream_texts_per_s": len(texts) / stream_s,
-        "unsorted_texts_per_s": len(texts) / unsorted_s,
-        "min_cos_engine_vs_unsorted": min_cosine(engine_vecs, unsorted_vecs),
+        "texts_per_s": len(texts) / seconds["engine"],
+        "stream_texts_per_s": len(texts) / seconds["stream"],
+        "unsorted_texts_per_s": len(texts) / seconds["unsorted"],
+        "min_cos_engine_vs_unsorted": min_cosine(results["engine"], results["unsorted"]),
     }
     print(f"engine   embed() per page of {args.page}: {figures['texts_per_s']:9.1f} texts/s")
     print(f"engine   embed_stream (tokenize ahead):  {figures['stream_texts_per_s']:9.1f} texts/s")
     print(f"baseline unsorted batches of {args.unsorted_batch}:     {figures['unsorted_texts_per_s']:9.1f} texts/s")
-
-    st_texts_per_s = None
-    if not args.skip_st:
-        st_s, st_note, st_vecs = st_baseline(embedder, model_path, texts, args.repeat, device)
-        if st_s is not None:
-            st_texts_per_s = len(texts) / st_s
-            figures["min_cos_engine_vs_st"] = min_cosine(engine_vecs, st_vecs)
-            print(f"baseline {st_note}: {st_texts_per_s:9.1f} texts/s")
-        else:
-            print(f"baseline st: {st_note}")
+    st_texts_per_s = len(texts) / seconds["st"] if "st" in seconds else None
+    if st_texts_per_s:
+        figures["min_cos_engine_vs_st"] = min_cosine(results["engine"], results["st"])
+        print(f"baseline {st_note}: {st_texts_per_s:9.1f} texts/s")
+    else:
+        print(f"baseline sentence-transformers: {st_note}")
     figures["st_texts_per_s"] = st_texts_per_s
     figures["ratio_vs_unsorted"] = figures["texts_per_s"] / figures["unsorted_texts_per_s"]
     figures["ratio_vs_st"] = figures["texts_per_s"] / st_texts_per_s if st_texts_per_s else None
     ratio_st = f"{figures['ratio_vs_st']:.2f}x" if st_texts_per_s else "n/a"
     print(f"ratios: engine/unsorted {figures['ratio_vs_unsorted']:.2f}x, engine/sentence-transformers {ratio_st}")
+    if budgets:
+        sweep = {budget: len(texts) / seconds[f"budget:{budget}"] for budget in budgets}
+        for budget, rate in sweep.items():
+            print(f"token_budget {budget:6d}: {rate:9.1f} texts/s")
+        figures["budget_sweep_texts_per_s"] = sweep
+    engine_s = seconds["engine"]
 
     padding = padding_stats(embedder, texts, args.page, args.unsorted_batch)
     figures.update(padding)
     print(f"padding overhead (padded/real - 1): engine {padding['engine_padding_overhead']:.1%}, "
           f"unsorted {padding['unsorted_padding_overhead']:.1%}")
-
-    if args.budgets:
-        sweep = {}
-        original = embedder.token_budget
-        for budget in (int(b) for b in args.budgets.split(",") if b.strip()):
-            embedder.token_budget = budget
-            seconds, _ = timed(lambda: engine_run(embedder, texts, args.page), args.repeat)
-            sweep[budget] = len(texts) / seconds
-            print(f"token_budget {budget:6d}: {sweep[budget]:9.1f} texts/s")
-        embedder.token_budget = original
-        figures["budget_sweep_texts_per_s"] = sweep
 
     if embedder.device.type == "cuda":
         flops = model_flops(embedder, lengths)
@@ -295,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_tokens": embedder.batch_overhead_tokens,
         "threads": torch.get_num_threads(),
         "page": args.page,
-        "repeat": args.repeat,
+        "rounds": args.repeat,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "compile": args.compile,
         "torch": torch.__version__,
         "python": platform.python_version(),

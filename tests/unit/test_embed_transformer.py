@@ -27,13 +27,13 @@ TEXTS = [
     "hello",
     "a vector database stores embeddings",
     "",
-    "Qdrant " * 40,
+    "Qdrant " * 20,
     "東京は日本の首都です",
     "how do I resume a failed migration?",
     "short",
-    "The quick brown fox jumps over the lazy dog. " * 8,
+    "The quick brown fox jumps over the lazy dog. " * 4,
     "🚀 launch",
-    "x " * 300,
+    "x " * 150,
 ]
 
 
