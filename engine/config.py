@@ -476,6 +476,11 @@ class PipelineConfig(_Section):
         tunables.MAX_REQUEST_BYTES, "Split a write request above this size.",
         "Qdrant caps requests at 32 MiB and headers need room", ge=64 * 1024, le=32 * _MIB - _MIB,
     )
+    checkpoint_interval_s: float = _field(
+        tunables.CHECKPOINT_MIN_INTERVAL_S, "Least seconds between checkpoint saves (0 = after every commit).",
+        "a crash redoes the pages in flight plus at most this long of committed ones; each save is a write",
+        ge=0, le=600,
+    )
     embed_gpus_per_actor: float = _field(
         1, "GPUs reserved per embedding worker; a fraction (e.g. 0.5) packs several small-model replicas on one GPU.",
         gt=0, le=8,

@@ -472,7 +472,8 @@ def _run_backfill(cfg, *, restart: bool, progress: bool, on_runtime) -> dict[str
         bar = Progress(total, state.written + state.skipped, enabled=progress)
         window = cfg.pipeline.pages_in_flight * (n_embed + cfg.pipeline.upload_actors)
         coordinator = Coordinator(state, runtime, store, page_size=cfg.pipeline.scroll_page, window=window,
-                                  on_progress=bar, on_dead=dead.record)
+                                  on_progress=bar, on_dead=dead.record,
+                                  save_interval_s=cfg.pipeline.checkpoint_interval_s)
         log.info("job %s: %d points in %s, %d shards (%d done), %d embed / %d upload / %d scroll actors",
                  job_id, total, cfg.source.collection, len(state.shards), sum(s.done for s in state.shards),
                  n_embed, cfg.pipeline.upload_actors, cfg.pipeline.scroll_actors)

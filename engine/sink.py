@@ -64,43 +64,52 @@ class QdrantSink:
             await self._channel.close()
             self._channel = None
 
-    def _rows(self, body: PageBody, vectors: np.ndarray | VectorSet | None) -> dict[int, dict[str, bytes]]:
-        """Page position -> {vector name: serialised `Vector`} for every point that got new vectors."""
-        rows: dict[int, dict[str, bytes]] = {}
+    def _vector_fields(self, body: PageBody, vectors: np.ndarray | VectorSet | None,
+                       field: int) -> dict[int, bytes]:
+        """Page position -> serialised `Vectors` field(s) (number `field`) with every new vector of that point.
+
+        Dense and sparse go as two fields: repeated message fields merge on the wire, so a reader sees one
+        `Vectors` holding both. The dense field is a precomputed prefix plus the row's raw float32 bytes.
+        """
+        fields: dict[int, bytes] = {}
         if vectors is None or not len(body.text_index):
-            return rows
+            return fields
         dense, sparse = (vectors.dense, vectors.sparse) if isinstance(vectors, VectorSet) else (vectors, None)
         if dense is not None:
             arr = np.ascontiguousarray(dense, dtype="<f4")
+            step = 4 * arr.shape[1]
+            prefix = wire.dense_field_prefix(self.spec.vector_name, arr.shape[1], field)
+            raw = arr.tobytes()
             for row, pos in enumerate(body.text_index):
-                rows.setdefault(pos, {})[self.spec.vector_name] = wire.dense_vector(arr[row].tobytes())
+                fields[pos] = prefix + raw[row * step:(row + 1) * step]
         if sparse is not None:
             # An empty sparse vector (a text of stopwords only) is still written: the point was processed.
+            name = self.spec.sparse_name
             for row, pos in enumerate(body.text_index):
                 idx, val = sparse[row]
-                rows.setdefault(pos, {})[self.spec.sparse_name] = wire.sparse_vector(idx, val)
-        return rows
+                fields[pos] = fields.get(pos, b"") + wire.vectors_field({name: wire.sparse_vector(idx, val)}, field)
+        return fields
 
     def encode(self, body: PageBody, vectors: np.ndarray | VectorSet | None
                ) -> tuple[list[wire.PointIdValue], list[bytes]]:
         """Serialised points (PointStruct or PointVectors) in page order, with the new vectors where there are."""
-        name = self.spec.vector_name
-        vec_rows = self._rows(body, vectors)
         ids: list[wire.PointIdValue] = []
         out: list[bytes] = []
         if self.spec.mode == "insert_only":
+            unnamed = self.spec.vector_name == ""
+            fields = self._vector_fields(body, vectors, 4)
             for pos, blob in enumerate(body.blobs):
-                vec = vec_rows.get(pos)
-                if vec is None and name == "":
+                vec = fields.get(pos)
+                if vec is None and unnamed:
                     continue  # an unnamed-vector collection cannot hold a point without a vector; it is dead-lettered
                 ids.append(body.ids[pos])
                 # Two `vectors` fields merge on the wire: copied old vectors (in the blob) plus the new ones.
-                out.append(blob + (wire.vectors_field(vec) if vec is not None else wire.EMPTY_NAMED_VECTORS))
+                out.append(blob + (vec if vec is not None else wire.EMPTY_NAMED_VECTORS))
         else:
-            for pos, vec in vec_rows.items():
+            for pos, vec in self._vector_fields(body, vectors, 2).items():
                 pid = wire.point_id(body.ids[pos]).SerializeToString()
                 ids.append(body.ids[pos])
-                out.append(wire.point_vectors(pid, vec))
+                out.append(wire.point_vectors_raw(pid, vec))
         return ids, out
 
     def _request(self, points: Sequence[bytes]) -> bytes:

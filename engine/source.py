@@ -87,12 +87,11 @@ class QdrantSource:
                                                with_vectors=with_vectors)
                 points.extend(more)
         stop_key = wire.id_key(stop) if stop is not None else None
-        kept: list[pb.RetrievedPoint] = []
-        for p in points:
-            if stop_key is not None and wire.id_key(wire.id_value(p.id)) >= stop_key:
-                nxt = None
-                break
-            kept.append(p)
+        kept = list(points)
+        if stop_key is not None and kept and wire.id_key(wire.id_value(kept[-1].id)) >= stop_key:
+            # Scroll returns ids in order: only a page that runs past `stop` needs cutting, at its first such id.
+            cut = next(k for k, p in enumerate(kept) if wire.id_key(wire.id_value(p.id)) >= stop_key)
+            kept, nxt = kept[:cut], None
         if nxt is not None and stop_key is not None and wire.id_key(nxt) >= stop_key:
             nxt = None
         ids = [wire.id_value(p.id) for p in kept]
@@ -128,7 +127,7 @@ class QdrantSource:
         return self.text.extract(p.payload)
 
     def _point_blob(self, p: pb.RetrievedPoint) -> bytes:
-        blob = pb.PointStruct(id=p.id, payload=p.payload).SerializeToString()
+        blob = wire.point_struct_from_retrieved(p.SerializeToString())
         if self.copy_vectors:
             # VectorOutput and Vector share their field numbers, so a stored vector's bytes are a valid Vector.
             stored = stored_vectors(p)

@@ -4,8 +4,8 @@ HashEmbedder is the zero-cost stand-in for data-plane benchmarks and tests: one 
 distinct text, identical on every process and machine. HashedBowEmbedder is the demo's "legacy model": a hashed
 bag of words that retrieves by shared vocabulary, so search works, only worse than a trained model.
 
-Both avoid Python's salted hash() (different in every process): texts and words are hashed with SHAKE-256 /
-blake2b, and everything after that is integer arithmetic or float64 arithmetic rounded once to float32, so every
+Both avoid Python's salted hash() (different in every process): texts and words are hashed with blake2b
+(HashEmbedder stretches the 64-bit digest with splitmix64), and everything after that is integer arithmetic or float64 arithmetic rounded once to float32, so every
 process and machine gets the same vectors.
 """
 
@@ -21,6 +21,9 @@ from engine.embed.base import truncate_and_normalize
 
 _BYTE_PAIRS = np.uint32(0x00FF00FF)
 _LOW16 = np.uint32(0xFFFF)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment and finaliser constants (Steele et al. 2014)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 def stable_hash64(text: str) -> int:
@@ -38,22 +41,33 @@ def _check_dim(dim: int, kind: str, matryoshka_dim: int | None = None) -> int:
 
 
 class HashEmbedder:
-    """A deterministic unit vector per text: SHAKE-256 of the text yields 4 bytes per dimension whose sum
-    (Irwin-Hall, near-normal) is one coordinate, so vectors spread evenly over the sphere like embeddings of
-    unrelated texts. Measured ≈ 6 µs per 384-d text on this machine, mostly the hash."""
+    """A deterministic unit vector per text: a 64-bit blake2b of the text seeds a splitmix64 stream (vectorised
+    over the whole batch in numpy), whose 4 bytes per dimension sum (Irwin-Hall, near-normal) to one coordinate, so
+    vectors spread evenly over the sphere like embeddings of unrelated texts. Measured ≈ 2.3 µs per 384-d text
+    on this machine (v1 drew every byte from SHAKE-256 per text: ≈ 7 µs, a third of the data plane's embed actor)."""
 
-    ALGORITHM = "shake256+4-byte-irwin-hall/v1"
+    ALGORITHM = "blake2b64+splitmix64+4-byte-irwin-hall/v2"
 
     def __init__(self, dim: int, *, prefix: str = "", matryoshka_dim: int | None = None) -> None:
         self.model_dim = _check_dim(dim, "HashEmbedder", matryoshka_dim)
         self.prefix = prefix
         self.matryoshka_dim = matryoshka_dim
         self.dim = matryoshka_dim or self.model_dim
+        self._steps = np.arange(1, (self.model_dim + 1) // 2 + 1, dtype=np.uint64) * _GOLDEN
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        size, prefix = 4 * self.model_dim, self.prefix
-        stream = b"".join(hashlib.shake_256((prefix + t).encode("utf-8", "surrogatepass")).digest(size) for t in texts)
-        words = np.frombuffer(stream, dtype="<u4").reshape(len(texts), self.model_dim)
+        prefix = self.prefix
+        seeds = np.frombuffer(b"".join(
+            hashlib.blake2b((prefix + t).encode("utf-8", "surrogatepass"), digest_size=8).digest() for t in texts
+        ), dtype="<u8").astype(np.uint64)
+        # splitmix64 of (seed + k * golden), k = 1..dim/2: one 64-bit word yields the 4 bytes of two dimensions.
+        z = seeds[:, None] + self._steps[None, :]
+        z ^= z >> np.uint64(30)
+        z *= _MIX1
+        z ^= z >> np.uint64(27)
+        z *= _MIX2
+        z ^= z >> np.uint64(31)
+        words = z.astype("<u8", copy=False).view("<u4")[:, : self.model_dim]  # byte order fixed on every machine
         # Sum the 4 bytes of each little-endian word with two masked adds instead of a strided byte reduction
         # (5x faster): bytes (0+1, 2+3) into 16-bit lanes, then the two lanes.
         pairs = (words & _BYTE_PAIRS) + ((words >> np.uint32(8)) & _BYTE_PAIRS)

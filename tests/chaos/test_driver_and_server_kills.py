@@ -30,7 +30,10 @@ def _write_config(tmp: Path, port: int, target: str) -> Path:
         "source": {"collection": "src", "text_field": "text"},
         "target": {"collection": target, "alias": "live", "vector_name": "dense"},
         "model": {"name": "hash:32"},
-        "pipeline": {"shards": 4, "scroll_page": PAGE, "upload_batch": 64, "embed_actors": 1, "upload_actors": 2},
+        # checkpoint_interval_s 0: a save after every commit, so the redone work is bounded by the window alone
+        # (the default, 1 s, adds at most one second of commits to that bound).
+        "pipeline": {"shards": 4, "scroll_page": PAGE, "upload_batch": 64, "embed_actors": 1, "upload_actors": 2,
+                     "checkpoint_interval_s": 0},
         "retry": {"max_attempts": 60, "base_delay_s": 0.05, "max_delay_s": 1.0, "deadline_s": 120},
         "dead_letter": {"dir": str(tmp / "runs")},
     }

@@ -146,7 +146,8 @@ def test_defaults_follow_the_schema() -> None:
     assert (cfg.source.collection, cfg.source.text_field, cfg.source.vector_name) == ("articles", "text", None)
     assert (cfg.target.collection, cfg.target.alias, cfg.target.vector_name) == ("articles_minilm", "articles", "dense")
     assert cfg.strategy == "new_collection" and cfg.target_collection == "articles_minilm"
-    assert (cfg.pipeline.shards, cfg.pipeline.scroll_page, cfg.pipeline.upload_batch) == (8, 1024, 128)
+    assert (cfg.pipeline.shards, cfg.pipeline.scroll_page, cfg.pipeline.upload_batch) == (8, 1024, 256)
+    assert cfg.pipeline.checkpoint_interval_s == 1.0
     assert cfg.pipeline.max_request_bytes == 8 * 1024 * 1024
     assert (cfg.checkpoint.store, cfg.checkpoint.collection) == ("qdrant", "_reembed")
     assert (cfg.retry.max_attempts, cfg.retry.deadline_s) == (8, 300)
