@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,6 +18,7 @@ import numpy as np
 from qdrant_client import grpc as pb
 
 from engine import tunables
+from engine.errors import NotFound
 from engine.page import PageBody, WriteAck
 from engine.qdrant import retry, wire
 from engine.qdrant.connection import Endpoint
@@ -25,6 +27,9 @@ from engine.vectorset import VectorSet
 log = logging.getLogger(__name__)
 
 QDRANT_MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the server's max_request_size_mb default
+# Qdrant's answer when UpdateVectors names a point that no longer exists: the whole request is refused.
+_POINT_MISSING = re.compile(r"No point with id \S+ found")
+VANISHED = "deleted from the collection while the job ran (UpdateVectors: not found); nothing to re-embed"
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,43 @@ class QdrantSink:
                 what=what, address=self.endpoint.address, policy=self.policy, stats=stats,
             )
 
+    async def _send_points(self, ids: list[wire.PointIdValue], points: list[bytes], what: str,
+                           stats: retry.RetryStats) -> list[tuple[wire.PointIdValue, str]]:
+        """Send one request. In place, the application may delete points while the job runs; Qdrant then refuses
+        the whole UpdateVectors request: the points still there are sent again and the vanished ones returned."""
+        vanished: list[tuple[wire.PointIdValue, str]] = []
+        while points:
+            try:
+                await self._send(self._request(points), what, stats)
+                break
+            except NotFound as exc:
+                if self.spec.mode != "update_vectors" or not _POINT_MISSING.search(str(exc)):
+                    raise
+                present = await self._existing(ids, what, stats)
+                gone = [k for k, pid in enumerate(ids) if pid not in present]
+                if not gone:
+                    raise  # the server names a point that is there: not a deletion we can route around
+                vanished += [(ids[k], VANISHED) for k in gone]
+                keep = [k for k, pid in enumerate(ids) if pid in present]
+                ids, points = [ids[k] for k in keep], [points[k] for k in keep]
+        if vanished:
+            log.info("%s: %d point(s) deleted by the application meanwhile, left out", what, len(vanished))
+        return vanished
+
+    async def _existing(self, ids: list[wire.PointIdValue], what: str,
+                        stats: retry.RetryStats) -> set[wire.PointIdValue]:
+        """Which of `ids` the collection holds now (ids only: no payload, no vectors)."""
+        assert self._channel is not None
+        get = self._channel.unary_unary("/qdrant.Points/Get", request_serializer=pb.GetPoints.SerializeToString,
+                                        response_deserializer=pb.GetResponse.FromString)
+        req = pb.GetPoints(collection_name=self.spec.collection, ids=[wire.point_id(i) for i in ids])
+        req.with_payload.enable = False
+        req.with_vectors.enable = False
+        md, timeout = self.endpoint.metadata(), self.endpoint.timeout_s
+        reply = await retry.call_async(lambda: get(req, metadata=md, timeout=timeout), what=f"look up {what}",
+                                       address=self.endpoint.address, policy=self.policy, stats=stats)
+        return {wire.id_value(p.id) for p in reply.result}
+
     async def write(self, shard: int, seq: int, body: PageBody, vectors: np.ndarray | VectorSet | None) -> WriteAck:
         ids, points = self.encode(body, vectors)
         written = len(body.text_index)
@@ -143,8 +185,9 @@ class QdrantSink:
                 dead.append((ids[a], f"point is {len(points[a])} bytes, over the 32 MiB request limit"))
                 continue
             what = f"write {b - a} points to {self.spec.collection!r} (shard {shard}, page {seq})"
-            sends.append(self._send(self._request(points[a:b]), what, stats))
-        await asyncio.gather(*sends)
+            sends.append(self._send_points(ids[a:b], points[a:b], what, stats))
+        for vanished in await asyncio.gather(*sends):
+            dead += vanished
         if dead:
             dead_ids = {pid for pid, _ in dead}
             text_ids = {body.ids[p] for p in body.text_index}
