@@ -216,8 +216,9 @@ def naive_loop(port: int, source: str, target: str, encode: Callable[[list[str]]
         records, offset = client.scroll(source, limit=page, offset=offset, with_payload=True, with_vectors=False)
         if records:
             vectors = encode([r.payload["text"] for r in records])
-            client.upsert(target, points=[models.PointStruct(id=r.id, vector={VECTOR: v.tolist()}, payload=r.payload)
-                                          for r, v in zip(records, vectors)], wait=True)
+            points = [models.PointStruct(id=r.id, vector={VECTOR: v.tolist()}, payload=r.payload)
+                      for r, v in zip(records, vectors)]
+            client.upsert(target, points=points, wait=True)
             done += len(records)
         if offset is None:
             break
@@ -373,13 +374,14 @@ def run_reembed(cfg, on_pids: Callable[[dict[int, str]], None] | None = None,
 
 
 class DriverTimers:
-    """Wall time the coordinator (driver) spends in each runtime call and in checkpoint saves, by wrapping those
-    methods for the duration of a run (restored afterwards). Tells a pipeline stall in the driver (e.g. a blocking
-    checkpoint write on every commit) from a slow worker."""
+    """Wall time the driver spends in each runtime call and in checkpoint writes, by wrapping those methods for the
+    duration of a run (restored afterwards). Tells a pipeline stall in the coordinator (e.g. a blocking checkpoint
+    write on every commit) from a slow worker. `save` is a blocking write on the coordinator's thread; `save_text`,
+    where the store has it, counts every write, the background saver's (off the coordinator's thread) included."""
 
     TIMED = (("actors.runtime", "RayRuntime", ("read", "process", "wait", "result")),
-             ("engine.checkpoint", "QdrantCheckpointStore", ("save",)),
-             ("engine.checkpoint", "UriCheckpointStore", ("save",)))
+             ("engine.checkpoint", "QdrantCheckpointStore", ("save", "save_text")),
+             ("engine.checkpoint", "UriCheckpointStore", ("save", "save_text")))
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = collections.defaultdict(float)
@@ -392,7 +394,9 @@ class DriverTimers:
         for module_name, class_name, methods in self.TIMED:
             cls = getattr(importlib.import_module(module_name), class_name)
             for name in methods:
-                original = cls.__dict__[name]
+                original = cls.__dict__.get(name)
+                if original is None:
+                    continue  # not in this version of the engine
                 self._saved.append((cls, name, original))
                 setattr(cls, name, self._wrap(f"{class_name}.{name}", original))
         return self

@@ -219,6 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     figures["ratio_end_to_end"] = figures["reembed_end_to_end_points_per_s"] / figures["naive_points_per_s"]
     met = figures["reembed_points_per_s"] >= TARGET_POINTS_PER_S and figures["ratio"] >= TARGET_RATIO
     figures["target_met"] = met
+    # The server's own ceiling: points per CPU-second the endpoint spent serving reembed (scrolls, writes,
+    # checkpoints). The endpoint is one GIL-bound process, so this is the most any client could get from it here;
+    # reembed's share of it says whether the pipeline or the server is the wall.
+    endpoint_cpu = figures.get("reembed_cpu_s", {}).get("endpoint")
+    if endpoint_cpu:
+        figures["endpoint_ceiling_points_per_s"] = args.n / endpoint_cpu
+        figures["share_of_endpoint_ceiling"] = figures["reembed_points_per_s"] / figures["endpoint_ceiling_points_per_s"]
+        print(f"endpoint ceiling (one core at 100 %, {1e6 * endpoint_cpu / args.n:.0f} µs/point): "
+              f"{figures['endpoint_ceiling_points_per_s']:,.0f} points/s; reembed reached "
+              f"{100 * figures['share_of_endpoint_ceiling']:.0f} % of it")
     print(f"reembed {figures['reembed_points_per_s']:,.0f} points/s (end to end "
           f"{figures['reembed_end_to_end_points_per_s']:,.0f}) vs naive {figures['naive_points_per_s']:,.0f} points/s: "
           f"ratio {figures['ratio']:.2f}x (end to end {figures['ratio_end_to_end']:.2f}x); target ≥ "

@@ -15,6 +15,7 @@ JSON (last line), lists in the order of `points`:
   wall_s               run_job's elapsed time (checks, actors, model, pipeline, summary; not seeding)
   pipeline_s           coordinator start to last commit
   seed_s               seeding time per size (reported, not part of wall_s)
+  cpu_us_per_point_by_role  CPU per point of each process over the pipeline: tells whose cost grows with size
 """
 
 from __future__ import annotations
