@@ -128,7 +128,11 @@ def decide(cfg, server: ServerInfo, schema: SourceSchema) -> Decision:
     _check_source_vector(cfg, schema)
     shortcut = cfg.shortcut.kind != "none"
     vector_input = (cfg.source.vector_name or "") if shortcut else None
+    # Config keeps null (and "") as None: for hybrid that means no new dense vector (sparse only); for every other
+    # strategy a dense vector is the point of the job, and None names the collection's one unnamed vector "".
     dense = cfg.target.vector_name
+    if dense is None and requested != "hybrid":
+        dense = ""
     sparse = cfg.target.sparse_vector_name if requested == "hybrid" else None
 
     if requested == "auto":
@@ -211,6 +215,11 @@ def _check_names(cfg, d: Decision, schema: SourceSchema) -> None:
             )
     if d.dense_name == "" and d.layout != "new_collection":
         raise PreconditionError("an in-place job adds a named vector; set target.vector_name")
+    if d.dense_name == "" and d.copy_vectors:
+        raise PreconditionError(
+            f"target.vector_name is null (one unnamed vector) but strategy {d.strategy} copies the old vectors beside "
+            "the new one into a collection that must name each; set target.vector_name, e.g. dense_v2"
+        )
 
 
 # --- schema work -------------------------------------------------------------------------------------------------
@@ -229,7 +238,10 @@ def new_collection_request(cfg, d: Decision, schema: SourceSchema, dim: int | No
     """The CreateCollection of a new-collection layout: the new vectors plus every copied one with its own params."""
     req = pb.CreateCollection(collection_name=d.collection)
     if d.dense_name == "":
-        req.vectors_config.params.CopyFrom(dense_params(cfg, dim or 0))
+        if dim is None:
+            raise PreconditionError("the model reports no output dimension, so the new vector cannot be sized; "
+                                    "check model.name points at an embedding model (its config needs hidden_size)")
+        req.vectors_config.params.CopyFrom(dense_params(cfg, dim))
         return req
     pmap = req.vectors_config.params_map.map
     for src_name, name in d.copy_vectors.items():
@@ -239,7 +251,8 @@ def new_collection_request(cfg, d: Decision, schema: SourceSchema, dim: int | No
             req.sparse_vectors_config.map[name].CopyFrom(schema.sparse[src_name])
     if d.dense_name is not None:
         if dim is None:
-            raise PreconditionError("the model reports no dimension for the new dense vector")
+            raise PreconditionError("the model reports no output dimension, so the new vector cannot be sized; "
+                                    "check model.name points at an embedding model (its config needs hidden_size)")
         pmap[d.dense_name].CopyFrom(dense_params(cfg, dim))
     if d.sparse_name is not None:
         req.sparse_vectors_config.map[d.sparse_name].CopyFrom(pb.SparseVectorParams(modifier=pb.Modifier.Idf))

@@ -122,13 +122,25 @@ def _cause(code: grpc.StatusCode | None) -> str:
 
 
 class _Attempts:
-    """The retry decision shared by the blocking and the asyncio loop."""
+    """The retries of one RPC, the one logic of the blocking and the asyncio loop: each try runs inside
+    `with attempts:`, which turns a retryable gRPC failure into `delay_s` (the wait before the next try) and raises
+    the translated error once retrying is over. The loops only run the call and sleep, each its own way."""
 
     def __init__(self, what: str, address: str, policy: RetryPolicy, stats: RetryStats | None, rng) -> None:
         self.what, self.address, self.policy, self.stats = what, address, policy, stats
         self.rng = rng or random.Random()
         self.start = time.monotonic()
         self.attempt = 0
+        self.delay_s = 0.0
+
+    def __enter__(self) -> "_Attempts":
+        return self
+
+    def __exit__(self, exc_type, err, tb) -> bool:
+        if not isinstance(err, grpc.RpcError):
+            return False  # success, or not an RPC failure: nothing to retry
+        self.delay_s = self.delay_or_raise(err)
+        return True
 
     def delay_or_raise(self, err: grpc.RpcError) -> float:
         """Seconds to sleep before the next attempt; raises the translated error when retrying is over."""
@@ -148,37 +160,21 @@ class _Attempts:
         return delay
 
 
-def call(
-    fn: Callable[[], T],
-    *,
-    what: str,
-    address: str,
-    policy: RetryPolicy,
-    stats: RetryStats | None = None,
-    rng: random.Random | None = None,
-) -> T:
+def call(fn: Callable[[], T], *, what: str, address: str, policy: RetryPolicy, stats: RetryStats | None = None,
+         rng: random.Random | None = None) -> T:
     """Run a blocking RPC with retries. `fn` must be safe to repeat."""
     attempts = _Attempts(what, address, policy, stats, rng)
     while True:
-        try:
+        with attempts:
             return fn()
-        except grpc.RpcError as err:
-            time.sleep(attempts.delay_or_raise(err))
+        time.sleep(attempts.delay_s)
 
 
-async def call_async(
-    fn: Callable[[], Awaitable[T]],
-    *,
-    what: str,
-    address: str,
-    policy: RetryPolicy,
-    stats: RetryStats | None = None,
-    rng: random.Random | None = None,
-) -> T:
+async def call_async(fn: Callable[[], Awaitable[T]], *, what: str, address: str, policy: RetryPolicy,
+                     stats: RetryStats | None = None, rng: random.Random | None = None) -> T:
     """The asyncio twin of `call`, for the upload actors' grpc.aio channels."""
     attempts = _Attempts(what, address, policy, stats, rng)
     while True:
-        try:
+        with attempts:
             return await fn()
-        except grpc.RpcError as err:
-            await asyncio.sleep(attempts.delay_or_raise(err))
+        await asyncio.sleep(attempts.delay_s)

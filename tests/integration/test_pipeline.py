@@ -19,13 +19,6 @@ N = 2500
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    jobs.init_ray()
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory, ray_local):
     with EmbeddedProcess(str(tmp_path_factory.mktemp("qdrant"))) as proc:
         yield proc

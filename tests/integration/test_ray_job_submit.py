@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # The working dir is uploaded to the cluster: leave out the virtualenv and build/run artefacts.
 EXCLUDES = [".venv", ".git", "demo-data", "reembed-runs", "**/__pycache__", "bench/results"]
+HEAD_START_S = 120
+HEAD_STOP_S = 60
 
 
 def _free_port() -> int:
@@ -29,16 +37,89 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_job_submit_runs_the_migration(tmp_path):
-    import tempfile
+def _start_head(ray_tmp: str, gcs: int, dash: int, env: dict, log) -> subprocess.Popen:
+    """`ray start --head --block` in a process group of its own, returned once its job API answers.
 
+    Blocking in the foreground makes the head this test's child: stopping it is a signal to that group, never
+    `ray stop`, which would end every Ray node on the machine (a benchmark or another test's beside this one).
+    """
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={ray_tmp}",
+         # Ports Ray would otherwise take at fixed defaults (10001, 52365), which another node here may hold.
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # The address file is written where a non-blocking `ray start` would return; the job API may come up after it.
+    address_file = Path(ray_tmp) / "ray_current_cluster"
+    deadline = time.monotonic() + HEAD_START_S
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise AssertionError(f"ray start --head exited with {head.returncode} before it was up")
+        if address_file.exists():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=5) as r:
+                    if r.status == 200:
+                        return head
+            except (urllib.error.URLError, OSError):
+                pass
+        time.sleep(0.5)
+    _stop_head(head)
+    raise AssertionError(f"the Ray head's job API did not answer within {HEAD_START_S} s")
+
+
+def _stop_head(head: subprocess.Popen) -> None:
+    """Stop the head and everything in its process group, nothing else.
+
+    SIGTERM goes to `ray start` alone first: it drains the node and stops its processes in order (about 2 s). A
+    SIGTERM to the whole group at once kills the GCS under it and its drain then waits 30 s for a GCS that is gone.
+    What is still in the group after HEAD_STOP_S gets SIGKILL.
+    """
+    pgid = head.pid  # start_new_session: the head leads its own group
+    head.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + HEAD_STOP_S
+    while time.monotonic() < deadline:
+        head.poll()  # reaps the leader, whose zombie would keep the group alive
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    head.wait(timeout=HEAD_STOP_S)
+
+
+def _processes_of(head_pid: int, marks: tuple[str, ...]) -> dict[int, str]:
+    """pid -> command line of every live process of this test's cluster: in the head's session (Ray's processes
+    keep it even where they take a process group of their own, and rename themselves `ray::...`), or naming one of
+    `marks` (its temp dir; the job's config, whose driver Ray starts in a session of its own)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if state != "Z" and (int(session) == head_pid or any(m in cmd for m in marks)):
+            found[int(entry.name)] = cmd
+    return found
+
+
+def test_ray_job_submit_runs_the_migration(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Unix socket paths must stay under 107 bytes
     # `python` in the entrypoint must be the cluster nodes' Python: here, this virtualenv.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()
-    with EmbeddedProcess(str(tmp_path / "q")) as server:
+    head_log = tmp_path / "ray-head.log"
+    with EmbeddedProcess(str(tmp_path / "q")) as server, head_log.open("wb") as log:
         client = client_for(server.port)
         seed_collection(client, "src", make_payloads(600, seed=5))
         client.close()
@@ -51,13 +132,9 @@ def test_ray_job_submit_runs_the_migration(tmp_path):
             "pipeline": {"shards": 2, "scroll_page": 128, "upload_batch": 64},
             "dead_letter": {"dir": str(tmp_path / "runs")},
         }))
-        start = subprocess.run(
-            [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--node-ip-address=127.0.0.1",
-             "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-            env=env, capture_output=True, text=True, timeout=120)
-        assert start.returncode == 0, start.stderr[-2000:]
+        head = None
         try:
+            head = _start_head(ray_tmp, gcs, dash, env, log)
             submit = subprocess.run(
                 [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
                  "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--",
@@ -71,7 +148,14 @@ def test_ray_job_submit_runs_the_migration(tmp_path):
             assert summary["points_written"] + summary["points_skipped"] == 600
             assert_exact(server.port, "src", "dst")
         finally:
-            subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-            import shutil
-
+            if head is not None:
+                _stop_head(head)
+            # Only this cluster's own processes are touched; any left is a stop that did not work.
+            leftovers = _processes_of(head.pid, (ray_tmp, str(config))) if head is not None else {}
+            for pid in leftovers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not leftovers, f"Ray processes outlived the head's stop: {leftovers}"

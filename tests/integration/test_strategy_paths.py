@@ -8,14 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from qdrant_client import grpc as pb
 
 from engine import job as jobs
-from engine.cutover import cleanup, drop_vector
+from engine.cutover import cleanup, drop_vector, swap
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import PreconditionError, ReembedError
+from engine.verify import run_verify
 from tests.integration.pipeline_support import client_for, make_payloads, seed_collection
 from tests.integration.strategy_support import dense, read_all, seed_named, strategy_config
 
@@ -26,13 +26,6 @@ EMB = build_embedder({"name": "hash:32"})
 
 def _unit(v):
     return v / np.linalg.norm(v)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    jobs.init_ray()
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +173,27 @@ def test_side_by_side_new_server_in_place(new_server, payloads, tmp_path):
     after = read_all(c, "named_c")
     _assert_untouched(before, after)
     _assert_new_dense(after, payloads)
+    c.close()
+
+
+def test_new_collection_into_one_unnamed_vector(old_server, payloads, tmp_path):
+    # target.vector_name: null -> a target with one unnamed vector of the model's size, then verify and the swap
+    c = client_for(old_server.port)
+    cfg = strategy_config(old_server.port, tmp_path, strategy="new_collection", source="unnamed", target="flat",
+                          vector_name=None, extra={"target.alias": "flat_live"})
+    out = jobs.run_job(cfg, progress=False)
+    texts = {pid for pid, p in payloads.items() if _has_text(p)}
+    assert out["layout"] == "new_collection" and out["points_written"] == len(texts)
+    vc = c.collection_info("flat").config.params.vectors_config
+    assert vc.HasField("params") and vc.params.size == EMB.dim and not vc.HasField("params_map")
+    src, dst = read_all(c, "unnamed"), read_all(c, "flat")
+    assert set(dst) == texts  # a point without text cannot be held without a vector: dead-lettered
+    assert all(dst[pid][0] == src[pid][0] and set(dst[pid][1]) == {""} for pid in dst)
+    _assert_new_dense(dst, payloads, name="")
+    result = run_verify(cfg, sample=10**9)
+    assert result.passed, [(ch.name, ch.detail) for ch in result.checks if ch.failed]
+    swap(c, jobs.make_store(cfg, c), jobs.job_id_of(cfg), "flat_live", "unnamed", "flat")
+    assert c.list_aliases()["flat_live"] == "flat"
     c.close()
 
 

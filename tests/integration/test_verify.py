@@ -36,22 +36,8 @@ N = 1200
 ALL = 10**9  # a sample at least the collection size checks every point
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    if ray.is_initialized():
-        ray.shutdown()
-    # Ray pushes metrics every 10 s by default; the metrics test watches a run of a few seconds.
-    saved = os.environ.get("RAY_metrics_report_interval_ms")
-    os.environ["RAY_metrics_report_interval_ms"] = "300"
-    try:
-        jobs.init_ray()
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_metrics_report_interval_ms", None)
-        else:
-            os.environ["RAY_metrics_report_interval_ms"] = saved
-    yield
-    ray.shutdown()
+# Ray pushes metrics every 10 s by default; the metrics test watches a run of a few seconds (conftest.ray_local).
+RAY_ENV = {"RAY_metrics_report_interval_ms": "300"}
 
 
 def _scrape() -> str:
