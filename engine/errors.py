@@ -43,6 +43,10 @@ class QdrantRequestError(ReembedError):
     """The server rejected a request for a reason retrying will not fix."""
 
 
+class ReplyTooLarge(QdrantRequestError):
+    """A reply exceeded the gRPC message limit (e.g. a scroll page of very large payloads); ask for fewer points."""
+
+
 class VerifyFailed(ReembedError):
     """Verification found the target wrong; cutover is refused."""
 

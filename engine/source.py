@@ -7,16 +7,20 @@ an external Parquet dataset looked up by id (engine/text_source.py).
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping, Sequence
 
 import numpy as np
 from qdrant_client import grpc as pb
 
+from engine.errors import ReplyTooLarge
 from engine.page import PageBody, PageMeta
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.values import TextSpec
 from engine.text_source import ExternalTexts
+
+log = logging.getLogger(__name__)
 
 
 def stored_vectors(point: pb.RetrievedPoint) -> dict[str, pb.VectorOutput]:
@@ -50,6 +54,10 @@ class QdrantSource:
         # Shortcuts: the stored vector of this name is the input instead of the text.
         self.vector_input = vector_input
         self.external = external
+        # Points per scroll call after a reply came back over the gRPC message limit (pages of very large payloads);
+        # None until then. It doubles back after every reply that fits, so one region of huge points does not slow
+        # the rest of the job.
+        self._cap: int | None = None
         if text is None and external is None and vector_input is None:
             raise ValueError("a source needs a text spec, an external text dataset or a vector input")
         names = set(self.copy_vectors) | ({vector_input} if vector_input is not None else set())
@@ -78,13 +86,12 @@ class QdrantSource:
         """
         with_vectors = self.with_vectors
         retries_before = self.client.stats.snapshot() if hasattr(self.client, "stats") else {}
-        points, nxt = self.client.scroll(self.collection, start, limit, with_payload=True, with_vectors=with_vectors)
+        points, nxt = self._scroll(start, limit, with_vectors)
         if to_stop:
             points = list(points)
             stop_key0 = wire.id_key(stop) if stop is not None else None
             while nxt is not None and (stop_key0 is None or wire.id_key(nxt) < stop_key0):
-                more, nxt = self.client.scroll(self.collection, nxt, limit, with_payload=True,
-                                               with_vectors=with_vectors)
+                more, nxt = self._scroll(nxt, limit, with_vectors)
                 points.extend(more)
         stop_key = wire.id_key(stop) if stop is not None else None
         kept = list(points)
@@ -113,6 +120,31 @@ class QdrantSource:
         meta = PageMeta(shard=shard, seq=seq, start=start, next_offset=nxt, n_points=len(ids),
                         n_texts=len(inputs), dead=dead, retries=retries)
         return meta, inputs, PageBody(ids=ids, blobs=blobs, text_index=text_index)
+
+    def _scroll(self, offset: wire.PointIdValue | None, limit: int,
+                with_vectors: bool | pb.WithVectorsSelector) -> tuple[list[pb.RetrievedPoint], wire.PointIdValue | None]:
+        """One scroll call; a reply over the message limit is asked for again with half the points, down to one.
+
+        A shorter page is still a whole page: it ends where the next offset begins, so nothing is skipped."""
+        asked = min(limit, self._cap) if self._cap is not None else limit
+        while True:
+            try:
+                result = self.client.scroll(self.collection, offset, asked, with_payload=True,
+                                            with_vectors=with_vectors)
+            except ReplyTooLarge as exc:
+                if asked == 1:
+                    raise ReplyTooLarge(
+                        f"the point after offset {offset!r} in {self.collection!r} alone is over the gRPC message "
+                        "limit (64 MiB); it cannot be read over gRPC: shrink its payload"
+                    ) from exc
+                asked = max(1, asked // 2)
+                self._cap = asked
+                log.warning("scroll of %r from %r: reply over the message limit, asking for %d points per call",
+                            self.collection, offset, asked)
+                continue
+            if self._cap is not None:
+                self._cap = None if 2 * self._cap >= limit else 2 * self._cap
+            return result
 
     def _input(self, p: pb.RetrievedPoint, pid: wire.PointIdValue, external) -> tuple[object, str | None]:
         if self.vector_input is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -19,10 +20,13 @@ from typing import Awaitable, Callable, TypeVar
 import grpc
 
 from engine import tunables
-from engine.errors import NotFound, PreconditionError, QdrantRequestError, QdrantUnavailable
+from engine.errors import NotFound, PreconditionError, QdrantRequestError, QdrantUnavailable, ReplyTooLarge
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# RESOURCE_EXHAUSTED also means "the reply is over the message limit" (said by either side); retrying cannot help,
+# asking for less can.
+_TOO_LARGE = re.compile(r"(Sent|Received) message larger than max")
 
 RETRYABLE = frozenset(
     {
@@ -107,7 +111,11 @@ def translate(err: grpc.RpcError, what: str, address: str) -> Exception:
             "set the right key in QDRANT_API_KEY or qdrant.api_key"
         )
     if code == grpc.StatusCode.NOT_FOUND:
+        if "No point with id" in detail:  # a point, not a collection: the caller knows which and why
+            return NotFound(f"{what}: {detail}")
         return NotFound(f"{what}: {detail or 'not found'}; check the collection or alias name in the config")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE.search(detail):
+        return ReplyTooLarge(f"{what}: the message exceeds the gRPC size limit ({detail}); ask for fewer points")
     if code in RETRYABLE:
         return QdrantUnavailable(
             f"{what} on {address} kept failing ({code.name}: {detail}); "
@@ -146,7 +154,8 @@ class _Attempts:
         """Seconds to sleep before the next attempt; raises the translated error when retrying is over."""
         code = status_of(err)
         self.attempt += 1
-        if code not in RETRYABLE:
+        too_large = code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE.search(details_of(err))
+        if code not in RETRYABLE or too_large:
             raise translate(err, self.what, self.address) from None
         if self.stats is not None:
             self.stats.record(_cause(code))
