@@ -45,7 +45,7 @@ def test_null_vector_name_makes_one_unnamed_vector(strategy, server, named):
     strategies.check_new_collection_target(_info_of(req), d, 384)
     with pytest.raises(PreconditionError, match="384-d vectors but target 'docs_v2' vector '\\(unnamed\\)' is 16-d"):
         strategies.check_new_collection_target(_info_of(strategies.new_collection_request(cfg, d, src, 16)), d, 384)
-    with pytest.raises(PreconditionError, match="no dimension"):
+    with pytest.raises(PreconditionError, match="no output dimension"):
         strategies.new_collection_request(cfg, d, src, None)
 
 
