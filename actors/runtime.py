@@ -78,7 +78,11 @@ class RayRuntime:
             for i in range(spec.scroll_actors)
         ]
         env = {"OMP_NUM_THREADS": str(int(spec.cpus_per_embed_actor) or 1), "HF_HUB_OFFLINE": os.environ.get(
-            "HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "true"}
+            "HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "true",
+            # OpenMP threads that spin at barriers burn the core a preempted sibling needs: on CPU the model shares
+            # the cores with scroll/upload actors and Ray. bench/e2e.py, MiniLM on 2 cores: ACTIVE 13.5 texts/s,
+            # libgomp's default 52.9 (model alone 62.0: efficiency 0.85), PASSIVE 53.4 of 56.5 (0.95).
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         self.embedders = [
             embed_cls.options(name=f"{p}-embed-{i}", runtime_env={"env_vars": env}).remote(spec.model_spec,
                                                                                          spec.vectorizer)

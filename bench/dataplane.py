@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"endpoint ceiling (one core at 100 %, {1e6 * endpoint_cpu / args.n:.0f} µs/point): "
               f"{figures['endpoint_ceiling_points_per_s']:,.0f} points/s; reembed reached "
               f"{100 * figures['share_of_endpoint_ceiling']:.0f} % of it")
+        own = sum(v for k, v in figures["reembed_cpu_s"].items() if k != "endpoint")
+        figures["reembed_own_cpu_us_per_point"] = 1e6 * own / args.n
+        print(f"reembed's own processes (driver, actors, Ray): {figures['reembed_own_cpu_us_per_point']:.0f} CPU-µs/point "
+              f"(naive loop's client: {1e6 * figures['naive_cpu_s'].get('driver', 0) / args.n:.0f})")
     print(f"reembed {figures['reembed_points_per_s']:,.0f} points/s (end to end "
           f"{figures['reembed_end_to_end_points_per_s']:,.0f}) vs naive {figures['naive_points_per_s']:,.0f} points/s: "
           f"ratio {figures['ratio']:.2f}x (end to end {figures['ratio_end_to_end']:.2f}x); target ≥ "

@@ -17,8 +17,7 @@ N = 2500
 FAULTS = "unavailable=0.08,exhausted=0.05,apply_then_fail=0.07,latency_ms=0-10,retry_after_s=0.05-0.2"
 
 
-def test_heavy_faults_and_random_actor_kills(tmp_path, monkeypatch):
-    jobs.init_ray()
+def test_heavy_faults_and_random_actor_kills(ray_local, tmp_path, monkeypatch):
     rng = random.Random(1234)
     kills: list[str] = []
     runtimes = []
@@ -36,19 +35,16 @@ def test_heavy_faults_and_random_actor_kills(tmp_path, monkeypatch):
         real(self, state, stats)
 
     monkeypatch.setattr(jobs.Progress, "__call__", progress)
-    try:
-        with EmbeddedProcess(str(tmp_path / "q"), faults=FAULTS, seed=99) as server:
-            client = client_for(server.port)
-            seed_collection(client, "src", make_payloads(N, seed=31))
-            client.close()
-            cfg = config(server.port, tmp_path, page=64,
-                         retry__max_attempts=60, retry__base_delay_s=0.02, retry__max_delay_s=0.5)
-            out = jobs.run_job(cfg, progress=False, on_runtime=runtimes.append)
-            assert_exact(server.port, "src", "dst")
-            assert out["points_written"] + out["points_skipped"] == N
-            assert len(kills) >= 3
-            assert {"unavailable", "resource_exhausted", "deadline_exceeded"} <= set(out["retries"])
-            print(f"faults {FAULTS}: kills {kills}; retries {out['retries']}; pages redone {out['pages_redone']} "
-                  f"({out['points_redone']} points)")
-    finally:
-        ray.shutdown()
+    with EmbeddedProcess(str(tmp_path / "q"), faults=FAULTS, seed=99) as server:
+        client = client_for(server.port)
+        seed_collection(client, "src", make_payloads(N, seed=31))
+        client.close()
+        cfg = config(server.port, tmp_path, page=64,
+                     retry__max_attempts=60, retry__base_delay_s=0.02, retry__max_delay_s=0.5)
+        out = jobs.run_job(cfg, progress=False, on_runtime=runtimes.append)
+        assert_exact(server.port, "src", "dst")
+        assert out["points_written"] + out["points_skipped"] == N
+        assert len(kills) >= 3
+        assert {"unavailable", "resource_exhausted", "deadline_exceeded"} <= set(out["retries"])
+        print(f"faults {FAULTS}: kills {kills}; retries {out['retries']}; pages redone {out['pages_redone']} "
+              f"({out['points_redone']} points)")

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-import ray
 
 from engine import job as jobs
 from engine.embed import build_embedder
@@ -73,30 +72,26 @@ class App:
             time.sleep(0.01)
 
 
-def test_live_writes_then_catch_up_gives_exact_mirror(tmp_path):
-    jobs.init_ray()
-    try:
-        with EmbeddedProcess(str(tmp_path / "q"), faults="latency_ms=5-15", seed=3) as server:
-            payloads = make_payloads(N, seed=21)
-            client = client_for(server.port)
-            seed_collection(client, "src", payloads)
-            client.close()
-            app = App(server.port, list(payloads))
-            writer = threading.Thread(target=app.run, daemon=True)
-            writer.start()
-            cfg = config(server.port, tmp_path, page=64)
-            try:
-                out = jobs.run_job(cfg, progress=False)
-            finally:
-                app.stop.set()
-                writer.join(timeout=30)
-            assert sum(app.ops[k] for k in ("insert", "update", "delete")) > 50, app.ops
-            result = jobs.run_catch_up(cfg)
-            assert result["inserted"] + result["updated"] + result["deleted"] > 0, (result, app.ops)
-            assert_exact(server.port, "src", "dst")
-            # a second catch-up finds nothing left to do
-            again = jobs.run_catch_up(cfg)
-            assert again["inserted"] == again["updated"] == again["deleted"] == 0
-            print(f"live writes {app.ops}; backfill {out['points_written']} written; catch-up {result}")
-    finally:
-        ray.shutdown()
+def test_live_writes_then_catch_up_gives_exact_mirror(ray_local, tmp_path):
+    with EmbeddedProcess(str(tmp_path / "q"), faults="latency_ms=5-15", seed=3) as server:
+        payloads = make_payloads(N, seed=21)
+        client = client_for(server.port)
+        seed_collection(client, "src", payloads)
+        client.close()
+        app = App(server.port, list(payloads))
+        writer = threading.Thread(target=app.run, daemon=True)
+        writer.start()
+        cfg = config(server.port, tmp_path, page=64)
+        try:
+            out = jobs.run_job(cfg, progress=False)
+        finally:
+            app.stop.set()
+            writer.join(timeout=30)
+        assert sum(app.ops[k] for k in ("insert", "update", "delete")) > 50, app.ops
+        result = jobs.run_catch_up(cfg)
+        assert result["inserted"] + result["updated"] + result["deleted"] > 0, (result, app.ops)
+        assert_exact(server.port, "src", "dst")
+        # a second catch-up finds nothing left to do
+        again = jobs.run_catch_up(cfg)
+        assert again["inserted"] == again["updated"] == again["deleted"] == 0
+        print(f"live writes {app.ops}; backfill {out['points_written']} written; catch-up {result}")

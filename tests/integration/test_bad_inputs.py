@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 from qdrant_client import grpc as pb
 
 from engine import job as jobs
@@ -19,8 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    jobs.init_ray()
+def server(ray_local, tmp_path_factory):
     with EmbeddedProcess(str(tmp_path_factory.mktemp("q")), emulate_version="1.17.0") as proc:
         client = client_for(proc.port)
         seed_collection(client, "src", make_payloads(300, seed=2))
@@ -29,7 +27,6 @@ def server(tmp_path_factory):
         # a finished job src -> owned, with 32-d vectors
         jobs.run_job(config(proc.port, tmp_path_factory.mktemp("r"), target="owned"), progress=False)
         yield proc
-    ray.shutdown()
 
 
 def _snapshot(port):

@@ -109,7 +109,10 @@ def test_in_place_adds_vector_leaves_the_rest_and_drops_old(new_server, payloads
         drop_vector(c, store, job_id, "named", "dense", confirm=True, force=True)
     with pytest.raises(PreconditionError, match="not been verified"):
         drop_vector(c, store, job_id, "named", "old", confirm=True)
-    drop_vector(c, store, job_id, "named", "old", confirm=True, force=True)
+    # verify on an in-place layout: source and target are one collection, the new vector beside the old ones
+    result = run_verify(cfg, sample=10**9)
+    assert result.passed, [(ch.name, ch.detail) for ch in result.checks if ch.failed]
+    drop_vector(c, store, job_id, "named", "old", confirm=True)  # verified: the gate opens without --force
     final = read_all(c, "named")
     assert all("old" not in v and "image" in v for _, v in final.values())
     _assert_untouched(before, final, keep=("image",))

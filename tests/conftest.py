@@ -1,4 +1,4 @@
-"""The local Ray node of the integration tests that drive the pipeline in-process."""
+"""The local Ray node of the integration and chaos tests that drive the pipeline in-process."""
 
 from __future__ import annotations
 
