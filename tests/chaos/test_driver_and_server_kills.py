@@ -22,6 +22,10 @@ pytestmark = pytest.mark.chaos
 N = 3000
 PAGE = 64
 WINDOW_PAGES = 4 * (1 + 2)  # pages_in_flight x (embed actors + upload actors), the coordinator's window
+# Checkpoints are written by a background saver (latest wins), so at a kill the saved cursor may lag the commits made
+# while one checkpoint write was in flight: with this test's 15-30 ms per RPC that is a page or two (one CI run saw
+# 21 points over the window alone); 4 pages of slack keep the bound meaningful without making it flaky.
+SAVER_SLACK_PAGES = 4
 
 
 def _write_config(tmp: Path, port: int, target: str) -> Path:
@@ -30,8 +34,8 @@ def _write_config(tmp: Path, port: int, target: str) -> Path:
         "source": {"collection": "src", "text_field": "text"},
         "target": {"collection": target, "alias": "live", "vector_name": "dense"},
         "model": {"name": "hash:32"},
-        # checkpoint_interval_s 0: a save after every commit, so the redone work is bounded by the window alone
-        # (the default, 1 s, adds at most one second of commits to that bound).
+        # checkpoint_interval_s 0: a save after every commit, so the redone work is bounded by the window (plus the
+        # saver's lag, above); the default, 1 s, adds up to one second of commits to that bound.
         "pipeline": {"shards": 4, "scroll_page": PAGE, "upload_batch": 64, "embed_actors": 1, "upload_actors": 2,
                      "checkpoint_interval_s": 0},
         "retry": {"max_attempts": 60, "base_delay_s": 0.05, "max_delay_s": 1.0, "deadline_s": 120},
@@ -95,14 +99,14 @@ def test_driver_sigkilled_three_times_then_resumed(tmp_path):
             in_target = client.count("dst")
             # what the next run will write again: points in the target beyond the committed cursor
             redone.append(in_target - committed)
-            assert 0 <= in_target - committed <= WINDOW_PAGES * PAGE, (in_target, committed)
+            assert 0 <= in_target - committed <= (WINDOW_PAGES + SAVER_SLACK_PAGES) * PAGE, (in_target, committed)
         final = subprocess.run([sys.executable, "-m", "engine", "run", "--config", str(config), "--quiet"],
                                capture_output=True, text=True, timeout=300)
         assert final.returncode == 0, final.stderr[-3000:]
         summary = json.loads(final.stdout.strip().splitlines()[-1])
         assert summary["points_written"] + summary["points_skipped"] == N
         assert_exact(server.port, "src", "dst")
-        print(f"driver kills: redone points per kill {redone} (bound {WINDOW_PAGES * PAGE})")
+        print(f"driver kills: redone points per kill {redone} (bound {(WINDOW_PAGES + SAVER_SLACK_PAGES) * PAGE})")
         client.close()
 
 
