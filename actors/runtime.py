@@ -16,6 +16,7 @@ import ray
 from ray import exceptions as rex
 
 from actors.workers import EmbedWorker, ScrollWorker, UploadWorker
+from engine import tunables
 from engine.errors import ReembedError
 from engine.metrics import StageSampler
 from engine.page import PageMeta
@@ -67,8 +68,11 @@ class RayRuntime:
         # I/O-bound actors reserve no CPU so the embedding actors get every core the model can use.
         restart = dict(max_restarts=-1, max_task_retries=0)
         scroll_cls = ray.remote(num_cpus=0, **restart)(ScrollWorker)
+        # On a GPU, a second call tokenizes the next page while the model runs; on CPU the tokenizer would only take
+        # cores from the model (bench/e2e.py: no gain there), so one call at a time.
+        embed_concurrency = tunables.EMBED_ACTOR_CONCURRENCY if spec.gpus_per_embed_actor else 1
         embed_cls = ray.remote(num_cpus=spec.cpus_per_embed_actor, num_gpus=spec.gpus_per_embed_actor,
-                               **restart)(EmbedWorker)
+                               max_concurrency=embed_concurrency, **restart)(EmbedWorker)
         upload_cls = ray.remote(num_cpus=0, max_concurrency=64, **restart)(UploadWorker)
         p = spec.name_prefix
         self.scrollers = [

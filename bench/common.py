@@ -299,15 +299,26 @@ def _timed_embed_worker() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._busy = {"busy_s": 0.0, "texts": 0, "calls": 0}
+            # The actor takes overlapping calls (one tokenizing while another runs the model): busy time is the
+            # union of the calls' intervals, not their sum.
+            self._guard = threading.Lock()
+            self._active = 0
+            self._since = 0.0
 
         def embed(self, texts: list):
-            t0 = time.perf_counter()
+            with self._guard:
+                if self._active == 0:
+                    self._since = time.perf_counter()
+                self._active += 1
             try:
                 return super().embed(texts)
             finally:
-                self._busy["busy_s"] += time.perf_counter() - t0
-                self._busy["texts"] += len(texts)
-                self._busy["calls"] += 1
+                with self._guard:
+                    self._active -= 1
+                    if self._active == 0:
+                        self._busy["busy_s"] += time.perf_counter() - self._since
+                    self._busy["texts"] += len(texts)
+                    self._busy["calls"] += 1
 
         def busy(self) -> dict[str, float]:
             return dict(self._busy)

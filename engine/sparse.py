@@ -9,6 +9,7 @@ so BM25 documents carry term-frequency weights only (Qdrant's own split of BM25 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -78,6 +79,9 @@ class SpladeEncoder:
         self._torch = torch
         self._max_length = max_length
         self._batch = batch
+        # The embedding actor takes two calls at once so one tokenizes while the other runs the model; the model
+        # itself runs one batch at a time (two concurrent forwards would only double the activation memory).
+        self._lock = threading.Lock()
         self._desc = {"kind": "splade", "name": path, "max_length": max_length,
                       "vocab": int(self._model.config.vocab_size)}
 
@@ -87,7 +91,7 @@ class SpladeEncoder:
         for i in range(0, len(texts), self._batch):
             enc = self._tok(list(texts[i:i + self._batch]), padding=True, truncation=True,
                             max_length=self._max_length, return_tensors="pt").to(self._device)
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 logits = self._model(**enc).logits
                 weights = torch.log1p(torch.relu(logits)) * enc["attention_mask"].unsqueeze(-1)
                 pooled = weights.max(dim=1).values.float().cpu().numpy()

@@ -13,6 +13,10 @@ SAMPLE_IDS_PER_SHARD = 32  # sampled ids per shard boundary; enough to balance r
 
 # --- flow control -------------------------------------------------------------------------------------------------
 PAGES_IN_FLIGHT = 4  # per stage: enough to hide one stage's latency behind another, bounded so memory stays flat.
+EMBED_ACTOR_CONCURRENCY = 2  # calls per GPU embedding actor: page k+1 is tokenized and batch-planned while page k
+# runs the model (one page at a time, under the embedder's lock); at MiniLM's GPU speed a page of 1024 texts tokenizes
+# in about as long as it embeds (estimate: ~25 ms each), so without it tokenization sits on the critical path. Not yet
+# measured on a GPU. CPU actors take one call at a time: there the tokenizer would only take cores from the model.
 
 # --- retries ------------------------------------------------------------------------------------------------------
 RETRY_MAX_ATTEMPTS = 8  # with exponential backoff this covers ~30 s of server trouble per request.
