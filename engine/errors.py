@@ -53,3 +53,7 @@ class VerifyFailed(ReembedError):
 
 class NotFound(PreconditionError):
     """A collection, alias or point the job needs does not exist."""
+
+
+class PointNotFound(NotFound):
+    """A request named a point the collection does not hold (Qdrant refuses the whole request)."""

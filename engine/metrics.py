@@ -89,14 +89,19 @@ class Metrics:
                 self._disabled = True
             return self._objs
 
-    def _inc(self, key: str, value: float, tags: Mapping[str, str] | None = None) -> None:
+    def _record(self, key: str, method: str, value: float, tags: Mapping[str, str] | None = None) -> None:
+        """Call `method` (inc / observe / set) of metric `key`; a failure is logged, never raised."""
         objs = self._get()
-        if objs is None or value <= 0:
+        if objs is None:
             return
         try:
-            objs[key].inc(value, tags=dict(tags) if tags else None)
-        except Exception as exc:  # noqa: BLE001
+            getattr(objs[key], method)(value, tags=dict(tags) if tags else None)
+        except Exception as exc:  # noqa: BLE001 - metrics must never break a run
             log.debug("metric %s not recorded: %s", key, exc)
+
+    def _inc(self, key: str, value: float, tags: Mapping[str, str] | None = None) -> None:
+        if value > 0:
+            self._record(key, "inc", value, tags)
 
     def page_read(self, points: int, dead: int, seconds: float) -> None:
         self._inc("scrolled", points)
@@ -118,22 +123,10 @@ class Metrics:
         self.latency("upload", seconds)
 
     def latency(self, stage: str, seconds: float) -> None:
-        objs = self._get()
-        if objs is None:
-            return
-        try:
-            objs["latency"].observe(max(0.0, float(seconds)), tags={"stage": stage})
-        except Exception as exc:  # noqa: BLE001
-            log.debug("latency not recorded: %s", exc)
+        self._record("latency", "observe", max(0.0, float(seconds)), {"stage": stage})
 
     def in_flight(self, stage: str, pages: int) -> None:
-        objs = self._get()
-        if objs is None:
-            return
-        try:
-            objs["in_flight"].set(float(pages), tags={"stage": stage})
-        except Exception as exc:  # noqa: BLE001
-            log.debug("in-flight gauge not set: %s", exc)
+        self._record("in_flight", "set", float(pages), {"stage": stage})
 
 
 _METRICS = Metrics()

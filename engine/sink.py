@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,7 +17,7 @@ import numpy as np
 from qdrant_client import grpc as pb
 
 from engine import tunables
-from engine.errors import NotFound
+from engine.errors import PointNotFound
 from engine.page import PageBody, WriteAck
 from engine.qdrant import retry, wire
 from engine.qdrant.connection import Endpoint
@@ -27,8 +26,6 @@ from engine.vectorset import VectorSet
 log = logging.getLogger(__name__)
 
 QDRANT_MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the server's max_request_size_mb default
-# Qdrant's answer when UpdateVectors names a point that no longer exists: the whole request is refused.
-_POINT_MISSING = re.compile(r"No point with id \S+ found")
 VANISHED = "deleted from the collection while the job ran (UpdateVectors: not found); nothing to re-embed"
 
 
@@ -142,8 +139,8 @@ class QdrantSink:
             try:
                 await self._send(self._request(points), what, stats)
                 break
-            except NotFound as exc:
-                if self.spec.mode != "update_vectors" or not _POINT_MISSING.search(str(exc)):
+            except PointNotFound:
+                if self.spec.mode != "update_vectors":
                     raise
                 present = await self._existing(ids, what, stats)
                 gone = [k for k, pid in enumerate(ids) if pid not in present]

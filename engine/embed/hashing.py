@@ -5,8 +5,8 @@ distinct text, identical on every process and machine. HashedBowEmbedder is the 
 bag of words that retrieves by shared vocabulary, so search works, only worse than a trained model.
 
 Both avoid Python's salted hash() (different in every process): texts and words are hashed with blake2b
-(HashEmbedder stretches the 64-bit digest with splitmix64), and everything after that is integer arithmetic or float64 arithmetic rounded once to float32, so every
-process and machine gets the same vectors.
+(HashEmbedder stretches the 64-bit digest with splitmix64), and everything after that is integer arithmetic or
+float64 arithmetic rounded once to float32, so every process and machine gets the same vectors.
 """
 
 from __future__ import annotations

@@ -20,13 +20,20 @@ from typing import Awaitable, Callable, TypeVar
 import grpc
 
 from engine import tunables
-from engine.errors import NotFound, PreconditionError, QdrantRequestError, QdrantUnavailable, ReplyTooLarge
+from engine.errors import (NotFound, PointNotFound, PreconditionError, QdrantRequestError, QdrantUnavailable,
+                           ReplyTooLarge)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # RESOURCE_EXHAUSTED also means "the reply is over the message limit" (said by either side); retrying cannot help,
 # asking for less can.
 _TOO_LARGE = re.compile(r"(Sent|Received) message larger than max")
+# Qdrant's answer when a request names a point that does not exist (UpdateVectors refuses the whole request).
+_POINT_MISSING = re.compile(r"No point with id \S+ found")
+
+
+def _too_large(code: grpc.StatusCode | None, detail: str) -> bool:
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE.search(detail) is not None
 
 RETRYABLE = frozenset(
     {
@@ -111,10 +118,10 @@ def translate(err: grpc.RpcError, what: str, address: str) -> Exception:
             "set the right key in QDRANT_API_KEY or qdrant.api_key"
         )
     if code == grpc.StatusCode.NOT_FOUND:
-        if "No point with id" in detail:  # a point, not a collection: the caller knows which and why
-            return NotFound(f"{what}: {detail}")
+        if _POINT_MISSING.search(detail):  # a point, not a collection: the caller knows which and why
+            return PointNotFound(f"{what}: {detail}")
         return NotFound(f"{what}: {detail or 'not found'}; check the collection or alias name in the config")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE.search(detail):
+    if _too_large(code, detail):
         return ReplyTooLarge(f"{what}: the message exceeds the gRPC size limit ({detail}); ask for fewer points")
     if code in RETRYABLE:
         return QdrantUnavailable(
@@ -154,8 +161,7 @@ class _Attempts:
         """Seconds to sleep before the next attempt; raises the translated error when retrying is over."""
         code = status_of(err)
         self.attempt += 1
-        too_large = code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE.search(details_of(err))
-        if code not in RETRYABLE or too_large:
+        if code not in RETRYABLE or _too_large(code, details_of(err)):
             raise translate(err, self.what, self.address) from None
         if self.stats is not None:
             self.stats.record(_cause(code))
