@@ -1,4 +1,4 @@
-"""Chaos: server faults of every kind at 20 % of data calls combined with random kills of scroll, embedding and
+"""Chaos: server faults of every kind at 25 % of data calls combined with random kills of scroll, embedding and
 upload actors, seeded. The run must end with the checker at zero; retries and redone work are reported."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from tests.integration.pipeline_support import assert_exact, client_for, config,
 
 pytestmark = pytest.mark.chaos
 N = 2500
-FAULTS = "unavailable=0.08,exhausted=0.05,apply_then_fail=0.07,latency_ms=0-10,retry_after_s=0.05-0.2"
+# exhausted at 10 %: at 5 % one CI run in several drew it on no page read or write at all (checkpoint writes take
+# draws too, and the run makes only ~100 data calls), and the test asserts every kind was retried.
+FAULTS = "unavailable=0.08,exhausted=0.10,apply_then_fail=0.07,latency_ms=0-10,retry_after_s=0.05-0.2"
 
 
 def test_heavy_faults_and_random_actor_kills(ray_local, tmp_path, monkeypatch):
