@@ -18,12 +18,12 @@ from ray import exceptions as rex
 from actors.workers import EmbedWorker, ScrollWorker, UploadWorker
 from engine import tunables
 from engine.errors import ReembedError
-from engine.metrics import StageSampler
-from engine.page import PageMeta
-from engine.pipeline import WorkerLost
+from actors.metrics import StageSampler
+from engine.flow.page import PageMeta
+from engine.flow.coordinator import WorkerLost
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.retry import RetryPolicy
-from engine.sink import SinkSpec
+from engine.flow.sink import SinkSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class RuntimeSpec:
     cpus_per_embed_actor: float
     copy_vectors: dict[str, str] | None = None  # source vector name -> target name, copied verbatim
     name_prefix: str = "reembed"
-    vectorizer: dict | None = None  # engine.vectorize spec (hybrid, shortcuts); None = the dense model_spec
+    vectorizer: dict | None = None  # engine.embed.vectorize spec (hybrid, shortcuts); None = the dense model_spec
     vector_input: str | None = None  # shortcuts: the stored vector read instead of the text
     text_dataset: dict | None = None  # external text: {"path", "id_column", "text_column"}
 

@@ -8,14 +8,14 @@ from typing import Any
 
 import ray
 
-from engine.metrics import metrics
-from engine.page import PageBody, PageMeta, WriteAck
+from actors.metrics import metrics
+from engine.flow.page import PageBody, PageMeta, WriteAck
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.retry import RetryPolicy
 from engine.qdrant.values import TextSpec
-from engine.sink import QdrantSink, SinkSpec
-from engine.source import QdrantSource
+from engine.flow.sink import QdrantSink, SinkSpec
+from engine.flow.source import QdrantSource
 
 
 class ScrollWorker:
@@ -26,7 +26,7 @@ class ScrollWorker:
                                                                                   template=text_template)
         external = None
         if text_dataset is not None:
-            from engine.text_source import ExternalTexts
+            from engine.flow.text import ExternalTexts
 
             external = ExternalTexts(text_dataset["path"], text_dataset["id_column"], text_dataset["text_column"])
         self.source = QdrantSource(QdrantGrpc(endpoint, policy), collection, text, copy_vectors,
@@ -46,8 +46,8 @@ class ScrollWorker:
 
 class EmbedWorker:
     def __init__(self, spec: dict, vectorizer: dict | None = None) -> None:
-        if vectorizer is not None:  # hybrid (sparse) or a shortcut: see engine/vectorize.py
-            from engine.vectorize import build_vectorizer
+        if vectorizer is not None:  # hybrid (sparse) or a shortcut: see engine/embed/vectorize.py
+            from engine.embed.vectorize import build_vectorizer
 
             self.embedder = build_vectorizer(vectorizer)
         else:

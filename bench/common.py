@@ -1,13 +1,13 @@
 """Shared pieces of the pipeline benchmarks (bench/e2e.py, bench/dataplane.py, bench/memory.py).
 
 - the corpus: deterministic texts of realistic length (log-uniform 7–250 words ≈ 10–400 BERT tokens, mean ≈ 110,
-  the mix bench/embed.py uses) cut from the standard library's docstrings (engine.demo_corpus reads them in an
+  the mix bench/embed.py uses) cut from the standard library's docstrings (engine.app.demo_corpus reads them in an
   isolated interpreter, so every process gets the same words), with a small realistic payload beside the text;
 - seeding a source collection fast through raw gRPC (engine.qdrant.wire), in this process or in a child process so a
   benchmark's driver never holds the corpus;
 - the naive loop from Qdrant's migration guide, written as users write it with qdrant-client: scroll 256 points
   without vectors → encode → upsert(wait=True) of models.PointStruct, one process, one thing at a time;
-- reembed runs through engine.job.run_job with the actor pids collected;
+- reembed runs through engine.app.job.run_job with the actor pids collected;
 - a process-tree sampler (psutil, every 0.2 s): peak RSS and CPU seconds per role (driver, endpoint, each actor,
   Ray's own processes);
 - an optional CPU profiler (`--profile`): a thread in the driver, every Ray worker and the endpoint (installed in
@@ -61,10 +61,10 @@ _WORDS: list[str] | None = None
 
 
 def word_pool() -> list[str]:
-    """Every word of the standard library docstrings engine.demo_corpus collects, in its (sorted) order."""
+    """Every word of the standard library docstrings engine.app.demo_corpus collects, in its (sorted) order."""
     global _WORDS
     if _WORDS is None:
-        from engine.demo_corpus import stdlib_passages
+        from engine.app.demo_corpus import stdlib_passages
 
         words: list[str] = []
         for passage in stdlib_passages():
@@ -263,7 +263,7 @@ def apply_what_ifs(args: argparse.Namespace) -> dict[str, Any]:
     """Apply the diagnostic overrides asked for; returns them, for the JSON."""
     applied: dict[str, Any] = {}
     if getattr(args, "what_if_checkpoint_interval", None) is not None:
-        from engine.pipeline import Coordinator
+        from engine.flow.coordinator import Coordinator
 
         defaults = Coordinator.__init__.__kwdefaults__ or {}
         if "save_interval_s" not in defaults:
@@ -344,8 +344,8 @@ def run_reembed(cfg, on_pids: Callable[[dict[int, str]], None] | None = None,
     import ray
 
     import actors.runtime
-    from engine.job import run_job
-    from engine.pipeline import Coordinator
+    from engine.app.job import run_job
+    from engine.flow.coordinator import Coordinator
 
     result = ReembedRun(summary={})
     handles: list[Any] = []
@@ -391,8 +391,8 @@ class DriverTimers:
     where the store has it, counts every write, the background saver's (off the coordinator's thread) included."""
 
     TIMED = (("actors.runtime", "RayRuntime", ("read", "process", "wait", "result")),
-             ("engine.checkpoint", "QdrantCheckpointStore", ("save", "save_text")),
-             ("engine.checkpoint", "UriCheckpointStore", ("save", "save_text")))
+             ("engine.flow.checkpoint", "QdrantCheckpointStore", ("save", "save_text")),
+             ("engine.flow.checkpoint", "UriCheckpointStore", ("save", "save_text")))
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = collections.defaultdict(float)

@@ -67,8 +67,8 @@ def stage_breakdown(port: int, source: str, pages: int, page_size: int, upload_b
     from engine.qdrant.client import QdrantGrpc
     from engine.qdrant.connection import Endpoint
     from engine.qdrant.values import TextSpec
-    from engine.sink import QdrantSink, SinkSpec
-    from engine.source import QdrantSource
+    from engine.flow.sink import QdrantSink, SinkSpec
+    from engine.flow.source import QdrantSource
 
     ep = Endpoint("127.0.0.1", port)
     client = QdrantGrpc(ep)

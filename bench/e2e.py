@@ -1,7 +1,7 @@
 """End to end with the real model: reembed (Ray, all-MiniLM-L6-v2) against the naive loop from Qdrant's guide, and
 against the model alone, on the same corpus in the embedded endpoint, in one run.
 
-  reembed     engine.job.run_job: scroll actors → one embedding actor (all cores) → upload actors, into a new
+  reembed     engine.app.job.run_job: scroll actors → one embedding actor (all cores) → upload actors, into a new
               collection; measured end to end (Ray start, actors, model load, checks included) and pipeline only
   naive       qdrant-client scroll 256 (with_vectors=False) → sentence-transformers encode(batch_size=64) →
               upsert(wait=True) of models.PointStruct, one process, into another new collection

@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = common.pipeline_of(args)
     what_ifs = common.apply_what_ifs(args)
 
-    from engine.job import init_ray
+    from actors.start import start_ray
 
     t0 = time.perf_counter()
-    init_ray()
+    start_ray()
     ray_start_s = time.perf_counter() - t0
     print(f"Ray started in {ray_start_s:.1f} s; pipeline {pipeline or 'defaults'}; embedder hash:{DIM}")
     rows = []

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.checkpoint import QdrantCheckpointStore
+from engine.flow.checkpoint import QdrantCheckpointStore
 from engine.embedded.process import EmbeddedProcess
 from tests.integration.pipeline_support import assert_exact, client_for, make_payloads, seed_collection
 
@@ -74,7 +74,7 @@ def _committed(port: int, job_id: str) -> int:
 
 def _job_id(config: Path) -> str:
     from engine.config import load_config
-    from engine.job import job_id_of
+    from engine.app.job import job_id_of
 
     return job_id_of(load_config(config, env={}))
 

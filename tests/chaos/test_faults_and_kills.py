@@ -8,7 +8,7 @@ import random
 import pytest
 import ray
 
-from engine import job as jobs
+from engine.app import job as jobs
 from engine.embedded.process import EmbeddedProcess
 from tests.integration.pipeline_support import assert_exact, client_for, config, make_payloads, seed_collection
 

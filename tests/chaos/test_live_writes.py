@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from engine import job as jobs
+from engine.app import job as jobs
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.qdrant import values, wire

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import grpc as pb
 
-from engine.checker import check
+from engine.verify.checker import check
 from engine.config import config_from_dict
 from engine.embed import build_embedder
 from engine.qdrant import values, wire

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from qdrant_client import grpc as pb
 
-from engine import job as jobs
+from engine.app import job as jobs
 from engine.config import config_from_dict
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import ReembedError

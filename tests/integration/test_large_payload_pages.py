@@ -12,7 +12,7 @@ from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.values import TextSpec
-from engine.source import QdrantSource
+from engine.flow.source import QdrantSource
 
 pytestmark = pytest.mark.integration
 BIG = 15 * 2**20  # five of these in one reply: 75 MiB, over the 64 MiB limit of both ends

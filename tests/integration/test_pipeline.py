@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from engine import job as jobs
-from engine.cutover import cleanup, rollback, swap
+from engine.app import job as jobs
+from engine.migration.cutover import cleanup, rollback, swap
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import ModelError, PreconditionError
-from engine.verify import run_verify
+from engine.verify.verifier import run_verify
 from tests.integration.pipeline_support import assert_exact, client_for, config, make_payloads, seed_collection
 
 pytestmark = pytest.mark.integration

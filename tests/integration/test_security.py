@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.checker import collection_checksum
-from engine.checkpoint import QdrantCheckpointStore
+from engine.verify.checker import collection_checksum
+from engine.flow.checkpoint import QdrantCheckpointStore
 from engine.embedded.process import EmbeddedProcess
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint

@@ -12,11 +12,11 @@ from qdrant_client import grpc as pb
 
 from engine.embedded.server import EmbeddedServer
 from engine.errors import NotFound
-from engine.page import PageBody
+from engine.flow.page import PageBody
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
-from engine.sink import VANISHED, QdrantSink, SinkSpec
+from engine.flow.sink import VANISHED, QdrantSink, SinkSpec
 
 pytestmark = pytest.mark.integration
 DIM = 8

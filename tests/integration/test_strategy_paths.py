@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from qdrant_client import grpc as pb
 
-from engine import job as jobs
-from engine.cutover import cleanup, drop_vector, swap
+from engine.app import job as jobs
+from engine.migration.cutover import cleanup, drop_vector, swap
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import PreconditionError, ReembedError
-from engine.verify import run_verify
+from engine.verify.verifier import run_verify
 from tests.integration.pipeline_support import client_for, make_payloads, seed_collection
 from tests.integration.strategy_support import dense, read_all, seed_named, strategy_config
 
@@ -283,7 +283,7 @@ def test_shortcut_linear_map_new_collection_old_server(old_server, payloads, tmp
     cfg = strategy_config(old_server.port, tmp_path, strategy="new_collection", source="mapped_src",
                           target="mapped_dst", extra={"source.vector_name": "old", "shortcut.kind": "linear_map",
                                                       "shortcut.sample": 200})
-    from engine.plan_commands import make_plan
+    from engine.app.plan_cmd import make_plan
 
     plan = make_plan(cfg, calibration=False)
     assert plan["decision"]["strategy"] == "new_collection" and plan["shortcut"]["recall_at_10"] >= 0.9
@@ -297,7 +297,7 @@ def test_shortcut_linear_map_new_collection_old_server(old_server, payloads, tmp
 
 
 def test_plan_reports_strategy_and_refusal(new_server, old_server, tmp_path):
-    from engine.plan_commands import make_plan
+    from engine.app.plan_cmd import make_plan
 
     plan = make_plan(strategy_config(new_server.port, tmp_path, strategy="auto", source="named"), calibration=True)
     assert plan["decision"]["strategy"] == "in_place" and plan["source"]["named_vectors"]

@@ -20,15 +20,15 @@ import ray
 import yaml
 from qdrant_client import grpc as pb
 
-from engine import job as jobs
-from engine.cli import main
-from engine.cutover import cleanup, swap
+from engine.app import job as jobs
+from engine.app.cli import main
+from engine.migration.cutover import cleanup, swap
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import ConfigError, PreconditionError
 from engine.qdrant import values, wire
 from engine.qdrant.values import TextSpec
-from engine.verify import Verifier, run_dir, run_verify
+from engine.verify.verifier import Verifier, run_dir, run_verify
 from tests.integration.pipeline_support import client_for, config, make_payloads, seed_collection
 
 pytestmark = pytest.mark.integration
@@ -399,7 +399,7 @@ def test_other_strategy_shapes(migrated, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from engine.text_source import ExternalTexts
+    from engine.flow.text import ExternalTexts
 
     client, cfg = migrated["client"], migrated["cfg"]
     state = jobs.make_store(cfg, client).load(jobs.job_id_of(cfg))

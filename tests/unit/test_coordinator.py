@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from qdrant_client import grpc as pb
 
-from engine.checkpoint import JobState, UriCheckpointStore
-from engine.local_runtime import LocalRuntime
-from engine.page import WriteAck
-from engine.pipeline import Coordinator, WorkerLost
-from engine.plan import boundaries_from_sample, shard_states
+from engine.flow.checkpoint import JobState, UriCheckpointStore
+from engine.flow.local_runtime import LocalRuntime
+from engine.flow.page import WriteAck
+from engine.flow.coordinator import Coordinator, WorkerLost
+from engine.flow.shards import boundaries_from_sample, shard_states
 from engine.qdrant import values, wire
 from engine.qdrant.values import TextSpec
-from engine.source import QdrantSource
+from engine.flow.source import QdrantSource
 
 
 class MemoryClient:

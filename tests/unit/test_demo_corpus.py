@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from engine import demo_corpus
-from engine.demo_corpus import demo_queries, demo_relevance, stdlib_passages
+from engine.app import demo_corpus
+from engine.app.demo_corpus import demo_queries, demo_relevance, stdlib_passages
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_deterministic_across_calls_and_processes(passages: list[dict]) -> None:
     # A fresh interpreter that first loads libraries known to patch the stdlib gets the same corpus.
     code = (
         "import json, sys, ray, transformers  # ray replaces inspect.isgenerator, transformers extends Logger\n"
-        "from engine.demo_corpus import stdlib_passages\n"
+        "from engine.app.demo_corpus import stdlib_passages\n"
         "json.dump(stdlib_passages(), sys.stdout)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=120).stdout

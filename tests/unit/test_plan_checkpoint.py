@@ -2,9 +2,9 @@ import uuid
 
 import pytest
 
-from engine.checkpoint import JobState, OrderedCommit, ShardState, UriCheckpointStore, check_resume, fingerprint
+from engine.flow.checkpoint import JobState, OrderedCommit, ShardState, UriCheckpointStore, check_resume, fingerprint
 from engine.errors import CheckpointMismatch
-from engine.plan import boundaries_from_sample, shard_states
+from engine.flow.shards import boundaries_from_sample, shard_states
 from engine.qdrant import wire
 
 
@@ -94,7 +94,7 @@ def _state(cursor):
 
 
 def test_background_saver_writes_the_latest_snapshot_and_flushes():
-    from engine.checkpoint import BackgroundSaver
+    from engine.flow.checkpoint import BackgroundSaver
 
     store = SlowStore()
     saver = BackgroundSaver(store, "b")
@@ -108,7 +108,7 @@ def test_background_saver_writes_the_latest_snapshot_and_flushes():
 
 
 def test_background_saver_hands_errors_to_the_coordinator():
-    from engine.checkpoint import BackgroundSaver
+    from engine.flow.checkpoint import BackgroundSaver
 
     store = SlowStore(fail_on='"cursor": 7')
     store.gate.set()

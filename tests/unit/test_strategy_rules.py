@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from qdrant_client import grpc as pb
 
-from engine import shortcuts, strategies
+from engine.migration import shortcuts, strategies
 from engine.config import config_from_dict
 from engine.errors import ConfigError, PreconditionError
-from engine.page import PageBody
+from engine.flow.page import PageBody
 from engine.qdrant.client import ServerInfo
-from engine.sink import QdrantSink, SinkSpec
-from engine.vectorize import build_vectorizer
-from engine.vectorset import VectorSet
+from engine.flow.sink import QdrantSink, SinkSpec
+from engine.embed.vectorize import build_vectorizer
+from engine.embed.vectorset import VectorSet
 
 
 def schema(named=True, sparse=()):

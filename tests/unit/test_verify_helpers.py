@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.checkpoint import JobState
+from engine.flow.checkpoint import JobState
 from engine.config import config_from_dict
-from engine.cutover import verify_gate
+from engine.migration.cutover import verify_gate
 from engine.errors import ConfigError, PreconditionError
-from engine.metrics import STAGE_SERIES_MAX, Metrics, StageSampler
-from engine.verify import (Check, Verifier, differing_keys, load_eval, ndcg_at, parse_point_id, payload_digest,
+from actors.metrics import STAGE_SERIES_MAX, Metrics, StageSampler
+from engine.verify.verifier import (Check, Verifier, differing_keys, load_eval, ndcg_at, parse_point_id, payload_digest,
                            recall_at, reciprocal_rank, span_query, vector_problem)
 
 

@@ -9,11 +9,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.checkpoint import JobState, ShardState
+from engine.flow.checkpoint import JobState, ShardState
 from engine.config import config_from_dict
-from engine.pipeline import RunStats
-from engine.report import PLOTS_HINT, TIMELINE_MAX, record_run, write_report
-from engine.verify import run_dir
+from engine.flow.coordinator import RunStats
+from engine.verify.report import PLOTS_HINT, TIMELINE_MAX, record_run, write_report
+from engine.verify.verifier import run_dir
 
 
 def _cfg(tmp_path):

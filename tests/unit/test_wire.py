@@ -71,8 +71,8 @@ def test_dense_field_prefix_equals_the_built_field(name, dim, field):
 @pytest.mark.parametrize("name", ["", "new"])
 def test_sink_encode_matches_protobuf_messages(mode, name):
     """The sink's byte-level points parse to exactly the messages qdrant-client's protobuf classes would build."""
-    from engine.page import PageBody
-    from engine.sink import QdrantSink, SinkSpec
+    from engine.flow.page import PageBody
+    from engine.flow.sink import QdrantSink, SinkSpec
 
     rng = np.random.default_rng(1)
     vecs = rng.standard_normal((3, 24)).astype(np.float32)

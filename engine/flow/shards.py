@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from engine import tunables
-from engine.checkpoint import ShardState
+from engine.flow.checkpoint import ShardState
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
 

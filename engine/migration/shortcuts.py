@@ -22,7 +22,7 @@ from engine.embed.base import truncate_and_normalize
 from engine.errors import PreconditionError
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
-from engine.source import dense_row, stored_vectors
+from engine.flow.source import dense_row, stored_vectors
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,13 @@ def _sample(cfg, client: QdrantGrpc, n: int, with_text: bool) -> tuple[list, np.
     if with_text:
         pids = [wire.id_value(p.id) for p in points]
         if cfg.source.text_dataset is not None:
-            from engine.text_source import ExternalTexts
+            from engine.flow.text import ExternalTexts
 
             s = cfg.source
             ext = ExternalTexts(s.text_dataset, s.text_dataset_id_column, s.text_dataset_text_column)
             texts_by_id = {pid: t for pid, (t, _) in ext.lookup(pids).items()}
         else:
-            from engine.job import text_spec_of
+            from engine.app.job import text_spec_of
 
             spec = text_spec_of(cfg)
             texts_by_id = {pid: spec.extract(p.payload)[0] for pid, p in zip(pids, points)}

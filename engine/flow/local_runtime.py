@@ -12,9 +12,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from engine.embed.base import Embedder
-from engine.page import PageMeta
-from engine.sink import QdrantSink
-from engine.source import QdrantSource
+from engine.flow.page import PageMeta
+from engine.flow.sink import QdrantSink
+from engine.flow.source import QdrantSource
 
 
 class LocalRuntime:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from qdrant_client import grpc as pb
 
-from engine import job as jobs
-from engine.cutover import swap
+from engine.app import job as jobs
+from engine.migration.cutover import swap
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
@@ -58,10 +58,10 @@ def _top(client: QdrantGrpc, collection: str, vector, using: str | None, k: int 
 
 def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False) -> int:
     from engine.config import load_config
-    from engine.demo_corpus import demo_queries, stdlib_passages
+    from engine.app.demo_corpus import demo_queries, stdlib_passages
     from engine.embed import HashedBowEmbedder, build_embedder
     from engine.embedded.process import EmbeddedProcess
-    from engine.verify import run_verify
+    from engine.verify.verifier import run_verify
 
     t0 = time.monotonic()
     root = Path(data_dir)

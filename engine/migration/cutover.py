@@ -11,7 +11,7 @@ import time
 
 from qdrant_client import grpc as pb
 
-from engine.checkpoint import CheckpointStore, JobState
+from engine.flow.checkpoint import CheckpointStore, JobState
 from engine.errors import PreconditionError
 from engine.qdrant.client import QdrantGrpc
 
@@ -132,7 +132,7 @@ def drop_vector(client: QdrantGrpc, store: CheckpointStore, job_id: str, collect
                 confirm: bool, force: bool = False) -> dict:
     """After an in-place (or side-by-side) migration: drop the old named vector and all its data
     (DeleteVectorName, Qdrant >= 1.18). Refuses the vector the job wrote, and anything without --confirm."""
-    from engine.strategies import VECTOR_SCHEMA_SINCE, SourceSchema, version_text
+    from engine.migration.strategies import VECTOR_SCHEMA_SINCE, SourceSchema, version_text
 
     if not confirm:
         raise PreconditionError(

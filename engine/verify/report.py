@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import JobState
+from engine.flow.checkpoint import JobState
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ def _read_verify(directory: Path) -> dict[str, Any] | None:
 
 
 def build_report(cfg, state: JobState, verify: dict[str, Any] | None = None) -> dict[str, Any]:
-    from engine import job as jobs
-    from engine.verify import dead_letter_summary, run_dir
+    from engine.app import job as jobs
+    from engine.verify.verifier import dead_letter_summary, run_dir
 
     directory = run_dir(cfg, state.job_id)
     latest = state.info.get("verify")
@@ -430,7 +430,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def write_report(cfg, state: JobState, verify: dict[str, Any] | None = None) -> Path:
     """Write report.json and report.html into the job's run directory; returns the path of report.html."""
-    from engine.verify import run_dir
+    from engine.verify.verifier import run_dir
 
     directory = run_dir(cfg, state.job_id)
     directory.mkdir(parents=True, exist_ok=True)

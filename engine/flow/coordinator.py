@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from engine import tunables
-from engine.checkpoint import BackgroundSaver, CheckpointStore, JobState, OrderedCommit
+from engine.flow.checkpoint import BackgroundSaver, CheckpointStore, JobState, OrderedCommit
 from engine.errors import ReembedError
-from engine.page import PageMeta, WriteAck
+from engine.flow.page import PageMeta, WriteAck
 from engine.qdrant.wire import PointIdValue
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ linear map).
 
 `build_vectorizer(spec)` takes one plain dict so it can be shipped to a Ray actor:
   {"dense": <model spec for engine.embed.build_embedder> | None,
-   "sparse": <spec for engine.sparse.build_sparse> | None,
+   "sparse": <spec for engine.embed.sparse.build_sparse> | None,
    "shortcut": {"kind": "matryoshka", "dim", "normalize"} | {"kind": "linear_map", "matrix", "bias", "normalize",
                 "digest"} | None}
 With a shortcut, the inputs are the stored vectors (a list of float32 rows) rather than texts.
@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.embed.base import truncate_and_normalize
 from engine.errors import ModelError
-from engine.vectorset import VectorSet
+from engine.embed.vectorset import VectorSet
 
 
 class Shortcut:
@@ -72,7 +72,7 @@ class Vectorizer:
 
             self.dense = build_embedder(spec["dense"])
         if spec.get("sparse"):
-            from engine.sparse import build_sparse
+            from engine.embed.sparse import build_sparse
 
             self.sparse = build_sparse(spec["sparse"])
         if self.shortcut is None and self.dense is None and self.sparse is None:

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.page import PageMeta
+from engine.flow.page import PageMeta
 from engine.qdrant.wire import PointIdValue
 
 SCHEMA = pa.schema([("id", pa.string()), ("id_type", pa.string()), ("shard", pa.int32()), ("reason", pa.string())])

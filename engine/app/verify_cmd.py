@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from engine.commands import _config_args, _load
+from engine.app.commands import _config_args, _load
 
 
 def _sample(text: str) -> int:
@@ -22,7 +22,7 @@ def _sample(text: str) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from engine.verify import run_verify
+    from engine.verify.verifier import run_verify
 
     cfg = _load(args)
     result = run_verify(cfg, sample=args.sample, eval_file=args.eval)
@@ -36,9 +36,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from engine import job as jobs
+    from engine.app import job as jobs
     from engine.errors import PreconditionError
-    from engine.report import write_report
+    from engine.verify.report import write_report
 
     cfg = _load(args)
     client, _ = jobs.connect(cfg)

@@ -17,9 +17,9 @@ from engine.errors import ReembedError
 # Modules that each expose `register(subparsers)`; every subparser sets `func(args) -> int`.
 COMMAND_MODULES = (
     "engine.embedded.cli",
-    "engine.commands",
-    "engine.verify_commands",
-    "engine.plan_commands",
+    "engine.app.commands",
+    "engine.app.verify_cmd",
+    "engine.app.plan_cmd",
 )
 
 

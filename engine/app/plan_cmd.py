@@ -10,8 +10,8 @@ import logging
 import time
 from typing import Any
 
-from engine import job as jobs
-from engine import plan as planning
+from engine.app import job as jobs
+from engine.flow import shards as planning
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def calibrate(cfg, client, decision) -> dict[str, Any] | None:
 
     points, _ = client.scroll(cfg.source.collection, None, CALIBRATION_TEXTS, with_payload=True)
     if cfg.source.text_dataset is not None:
-        from engine.text_source import ExternalTexts
+        from engine.flow.text import ExternalTexts
 
         s = cfg.source
         found = ExternalTexts(s.text_dataset, s.text_dataset_id_column, s.text_dataset_text_column).lookup(
@@ -45,7 +45,7 @@ def calibrate(cfg, client, decision) -> dict[str, Any] | None:
         texts = [t for t, _ in (spec.extract(p.payload) for p in points) if t is not None]
     if not texts:
         return None
-    from engine.vectorize import build_vectorizer
+    from engine.embed.vectorize import build_vectorizer
 
     vec = build_vectorizer(jobs.vectorizer_spec(cfg, decision, None) or {"dense": cfg.model_spec()})
     vec.embed(texts[:4])  # warm-up: first-call costs are not throughput
@@ -65,12 +65,12 @@ def make_plan(cfg, calibration: bool = True) -> dict[str, Any]:
         cal = calibrate(cfg, client, decision) if calibration else None
         dim = None
         if cfg.shortcut.kind == "matryoshka":
-            from engine import shortcuts
+            from engine.migration import shortcuts
 
             dim = cfg.shortcut.dim
             out["shortcut"] = shortcuts.measure_matryoshka(cfg, client)
         elif cfg.shortcut.kind == "linear_map":
-            from engine import shortcuts
+            from engine.migration import shortcuts
 
             path, report = shortcuts.fit_and_save(cfg, client, jobs.job_id_of(cfg))
             out["shortcut"] = {**report, "map_file": path}
@@ -94,7 +94,7 @@ def make_plan(cfg, calibration: bool = True) -> dict[str, Any]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from engine.commands import _load
+    from engine.app.commands import _load
 
     cfg = _load(args)
     result = make_plan(cfg, calibration=not args.no_calibrate)
@@ -121,8 +121,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_map(args: argparse.Namespace) -> int:
-    from engine import shortcuts
-    from engine.commands import _load
+    from engine.migration import shortcuts
+    from engine.app.commands import _load
     from engine.errors import ConfigError
 
     cfg = _load(args)
@@ -138,7 +138,7 @@ def cmd_fit_map(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from engine.commands import _config_args
+    from engine.app.commands import _config_args
 
     p = sub.add_parser("plan", help="probe the server and source, and show the strategy, shards, bytes and ETA")
     _config_args(p)

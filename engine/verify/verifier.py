@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from qdrant_client import grpc as pb
 
-from engine.checker import _vector as stored_vector
-from engine.checkpoint import CheckpointStore, JobState
+from engine.verify.checker import _vector as stored_vector
+from engine.flow.checkpoint import CheckpointStore, JobState
 from engine.errors import ConfigError, PreconditionError
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
@@ -363,7 +363,7 @@ class Verifier:
         """`target_vector` None: the job wrote no dense vector (sparse only), so the vector checks are skipped.
         `embedder` None: the new vectors are not an embedding of the text (shortcuts), `not_from_text` says why;
         they are checked for validity (`dim`) but not recomputed. `text`: a TextSpec over the payload, or an
-        external text source with `lookup(ids) -> {id: (text, reason)}` (engine.text_source.ExternalTexts)."""
+        external text source with `lookup(ids) -> {id: (text, reason)}` (engine.flow.text.ExternalTexts)."""
         self.client = client
         self.source, self.target = source, target
         self.source_vector, self.target_vector = source_vector, target_vector
@@ -726,7 +726,7 @@ class Verifier:
                      text + f"; new nDCG {'>=' if ok else '<'} old - {self.max_ndcg_drop} = {floor:.3f}")
 
     def provenance(self) -> tuple[Check, dict[str, Any]]:
-        from engine.job import METADATA_KEY
+        from engine.app.job import METADATA_KEY
         from engine.qdrant.values import payload_to_python as to_py
 
         meta = to_py(self.target_info.config.metadata) if self.target_info is not None else {}
@@ -839,7 +839,7 @@ def run_verify(cfg, *, sample: int | None = None, eval_file: str | None = None,
 
     `sample`: points checked (default verify.sample; at least the collection size checks every point).
     `eval_file`: labelled queries (default verify.eval_file). Raises ReembedError subclasses for bad input."""
-    from engine import job as jobs
+    from engine.app import job as jobs
     from engine.embed import build_embedder
 
     t0 = time.monotonic()
@@ -858,7 +858,7 @@ def run_verify(cfg, *, sample: int | None = None, eval_file: str | None = None,
         job_id = jobs.job_id_of(cfg)
         store = jobs.make_store(cfg, client)
         state = load_finished_state(store, job_id, "verify")
-        # What the run wrote, as its strategy decided (engine.strategies); a plain new-collection job has no
+        # What the run wrote, as its strategy decided (engine.migration.strategies); a plain new-collection job has no
         # decision and writes target.vector_name into target.collection.
         decision = state.info.get("decision") or {}
         source = cfg.source.collection
@@ -901,7 +901,7 @@ def run_verify(cfg, *, sample: int | None = None, eval_file: str | None = None,
             tmp = out_dir / "verify.json.tmp"
             tmp.write_text(json.dumps(details, indent=1, sort_keys=True))
             os.replace(tmp, out_dir / "verify.json")
-            from engine.report import write_report
+            from engine.verify.report import write_report
 
             result.report = str(write_report(cfg, state, verify=details))
         level = logging.INFO if result.passed else logging.WARNING
@@ -916,11 +916,11 @@ def run_verify(cfg, *, sample: int | None = None, eval_file: str | None = None,
 
 def _text_source(cfg):
     """Where the job's text lives: the payload (TextSpec) or an external Parquet dataset."""
-    from engine import job as jobs
+    from engine.app import job as jobs
 
     src = cfg.source
     if getattr(src, "text_dataset", None):
-        from engine.text_source import ExternalTexts
+        from engine.flow.text import ExternalTexts
 
         return ExternalTexts(src.text_dataset, src.text_dataset_id_column, src.text_dataset_text_column)
     return jobs.text_spec_of(cfg)

@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 
-from engine import job as jobs
-from engine.cutover import cleanup, drop_vector, rollback, swap
+from engine.app import job as jobs
+from engine.migration.cutover import cleanup, drop_vector, rollback, swap
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engine.demo import run_demo
+    from engine.app.demo import run_demo
 
     return run_demo(data_dir=args.data, limit=args.limit, keep=args.keep)
 

@@ -2,7 +2,7 @@
 the job needs stored vectors: side-by-side/hybrid into a new collection copies them, and a shortcut transforms them.
 
 The text of a point comes from its payload (a field or a template) or, for collections that store no text, from
-an external Parquet dataset looked up by id (engine/text_source.py).
+an external Parquet dataset looked up by id (engine/flow/text.py).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import numpy as np
 from qdrant_client import grpc as pb
 
 from engine.errors import ReplyTooLarge
-from engine.page import PageBody, PageMeta
+from engine.flow.page import PageBody, PageMeta
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.values import TextSpec
-from engine.text_source import ExternalTexts
+from engine.flow.text import ExternalTexts
 
 log = logging.getLogger(__name__)
 

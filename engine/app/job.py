@@ -18,25 +18,25 @@ from typing import Any, Callable
 
 from qdrant_client import grpc as pb
 
-from engine import plan as planning
-from engine import strategies
-from engine.checkpoint import (CheckpointStore, JobState, QdrantCheckpointStore, UriCheckpointStore, check_resume,
+from engine.flow import shards as planning
+from engine.migration import strategies
+from engine.flow.checkpoint import (CheckpointStore, JobState, QdrantCheckpointStore, UriCheckpointStore, check_resume,
                                fingerprint)
-from engine.deadletter import DeadLetters
+from engine.flow.deadletters import DeadLetters
 from engine.errors import ReembedError, PreconditionError, QdrantUnavailable
-from engine.page import PageMeta
-from engine.pipeline import Coordinator, RunStats
+from engine.flow.page import PageMeta
+from engine.flow.coordinator import Coordinator, RunStats
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc, ServerInfo
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.retry import RetryPolicy
 from engine.qdrant.values import TextSpec
-from engine.report import record_run, write_report_quietly
-from engine.sink import SinkSpec
+from engine.verify.report import record_run, write_report_quietly
+from engine.flow.sink import SinkSpec
+from actors.start import start_ray
 
 log = logging.getLogger(__name__)
 
-RAY_START_ATTEMPTS = 3  # local Ray start-ups retried after a start-up timeout
 TEXT_PROBE_POINTS = 256  # points read to check the text field exists before anything is written
 METADATA_KEY = "reembed"  # collection metadata key holding the job id and model provenance (Qdrant >= 1.16)
 # A first contact fails fast: a mistyped host should not wait out the full retry deadline.
@@ -122,7 +122,7 @@ def check_source(cfg, client: QdrantGrpc) -> tuple[pb.CollectionInfo, int]:
         return info, total  # a shortcut reads stored vectors, not text (strategies.decide checks the vector)
     points, _ = client.scroll(src, None, TEXT_PROBE_POINTS, with_payload=cfg.source.text_dataset is None)
     if cfg.source.text_dataset is not None:
-        from engine.text_source import ExternalTexts
+        from engine.flow.text import ExternalTexts
 
         s = cfg.source
         ext = ExternalTexts(s.text_dataset, s.text_dataset_id_column, s.text_dataset_text_column)
@@ -228,32 +228,6 @@ def fingerprint_parts(cfg, model: dict, boundaries: list,
     return parts
 
 
-def init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
-        return
-    # A local node can miss Ray's start-up deadline on a loaded machine (seen on 2 busy cores); one more try
-    # costs seconds, a failed job costs the operator a re-run.
-    for attempt in range(1, RAY_START_ATTEMPTS + 1):
-        try:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, ignore_reinit_error=True,
-                     log_to_driver=True, configure_logging=False)
-            return
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for a start-up timeout
-            ray.shutdown()
-            if attempt == RAY_START_ATTEMPTS:
-                raise ReembedError(
-                    f"a local Ray node could not start ({str(exc).splitlines()[0]}); free some CPU or memory, or "
-                    "point RAY_ADDRESS at a running cluster, then re-run to resume"
-                ) from None
-            log.warning("local Ray start failed (%s); retrying", str(exc).splitlines()[0])
-
-
 def build_runtime(cfg, job_id: str, decision: "strategies.Decision | None" = None,
                   vectorizer: dict | None = None):
     import ray
@@ -336,7 +310,7 @@ def run_job(cfg, *, restart: bool = False, progress: bool = True, catch_up: bool
             on_runtime: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the job; returns the summary. Raises ReembedError subclasses with one-line causes.
 
-    `catch_up` then reconciles the target with source changes made while the backfill ran (engine/catchup.py).
+    `catch_up` then reconciles the target with source changes made while the backfill ran (engine/migration/catchup.py).
     """
     result = _run_backfill(cfg, restart=restart, progress=progress, on_runtime=on_runtime)
     if catch_up:
@@ -345,7 +319,7 @@ def run_job(cfg, *, restart: bool = False, progress: bool = True, catch_up: bool
 
 
 def run_catch_up(cfg) -> dict[str, Any]:
-    from engine.catchup import catch_up
+    from engine.migration.catchup import catch_up
     from engine.embed import build_embedder
 
     client, _ = connect(cfg)
@@ -375,7 +349,7 @@ def run_catch_up(cfg) -> dict[str, Any]:
 
 
 def vectorizer_spec(cfg, decision: "strategies.Decision", shortcut: dict | None) -> dict | None:
-    """The embedding workers' spec when they do more than run the dense model (engine/vectorize.py)."""
+    """The embedding workers' spec when they do more than run the dense model (engine/embed/vectorize.py)."""
     if shortcut is None and decision.sparse_name is None:
         return None
     sparse = None
@@ -425,14 +399,14 @@ def _run_backfill(cfg, *, restart: bool, progress: bool, on_runtime) -> dict[str
             return summary(cfg, job_id, state, total, t0, None, already=True)
         shortcut = None
         if cfg.shortcut.kind != "none":
-            from engine import shortcuts
+            from engine.migration import shortcuts
 
             shortcut = shortcuts.runtime_spec(cfg, client, schema, job_id)
     except BaseException:
         client.close()
         raise
 
-    init_ray()
+    start_ray()
     runtime, n_embed = build_runtime(cfg, job_id, decision, vectorizer_spec(cfg, decision, shortcut))
     try:
         model = runtime.describe_model()

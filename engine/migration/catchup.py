@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from qdrant_client import grpc as pb
 
-from engine.checker import iterate, merge_by_id
+from engine.verify.checker import iterate, merge_by_id
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.values import TextSpec, payload_to_python

@@ -18,10 +18,10 @@ from qdrant_client import grpc as pb
 
 from engine import tunables
 from engine.errors import PointNotFound
-from engine.page import PageBody, WriteAck
+from engine.flow.page import PageBody, WriteAck
 from engine.qdrant import retry, wire
 from engine.qdrant.connection import Endpoint
-from engine.vectorset import VectorSet
+from engine.embed.vectorset import VectorSet
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The local Ray node of the integration and chaos tests that drive the pipeline in-process."""
+"""The local Ray node of the integration and chaos tests that drive the pipeline in-process (imported by their
+conftest files; the unit tier never imports Ray)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import pytest
 import ray
 
-from engine import job as jobs
+from actors.start import start_ray
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def ray_local(request):
     saved = {name: os.environ.get(name) for name in overrides}
     os.environ.update(overrides)
     try:
-        jobs.init_ray()
+        start_ray()
     finally:
         for name, value in saved.items():
             if value is None:
