@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from engine.embedded.compat import DEFAULT_VERSION
+from engine.embedded.indexing import DEFAULT_SECONDS_PER_POINT
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--faults",
         default=None,
-        help="inject faults, e.g. 'unavailable=0.05,exhausted=0.02,latency_ms=0-30,apply_then_fail=0.02'",
+        help="inject faults, e.g. 'unavailable=0.05,exhausted=0.02,latency_ms=0-30,apply_then_fail=0.02,"
+        "ack_before_apply=0.05,rate_limit=20000' (grammar: engine/embedded/faults.py)",
+    )
+    parser.add_argument(
+        "--index-us-per-point",
+        type=float,
+        default=DEFAULT_SECONDS_PER_POINT * 1e6,
+        help="emulated index build time: a collection whose indexing is switched back on stays Yellow for "
+        f"points x this many microseconds (default {DEFAULT_SECONDS_PER_POINT * 1e6:g})",
+    )
+    parser.add_argument(
+        "--stats-file",
+        default=None,
+        help="write points read from storage per collection to this JSON file (every few seconds and on stop)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for fault injection (default 0)")
     parser.add_argument("--tls-cert", default=None, help="serve TLS with this PEM certificate (chain)")
@@ -73,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        index_seconds_per_point=args.index_us_per_point / 1e6,
+        stats_file=args.stats_file,
     )
     stop = threading.Event()
     received: list[int] = []

@@ -1,17 +1,19 @@
-"""`qdrant.Collections` (collections and aliases) and `qdrant.Qdrant` (health check) on the catalog."""
+"""`qdrant.Collections` (collections, aliases, shard keys) and `qdrant.Qdrant` (health check) on the catalog."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import time
+from typing import Optional
 
 import grpc
 from qdrant_client import grpc as pb
 
-from engine.embedded import schema
-from engine.embedded.catalog import Catalog, apply_alias_action
+from engine.embedded import indexing, schema
+from engine.embedded.catalog import Catalog
 from engine.embedded.compat import Compat
-from engine.embedded.status import rpc, unsupported
+from engine.embedded.sharding import fill_shard_key, shard_key_in
+from engine.embedded.status import ApiError, invalid_argument, rpc, unsupported, validation_error
 
 EDGE_VERSION = importlib.metadata.version("qdrant-edge-py")
 
@@ -28,9 +30,12 @@ class QdrantService(pb.QdrantServicer):
 
 
 class CollectionsService(pb.CollectionsServicer):
-    def __init__(self, catalog: Catalog, compat: Compat) -> None:
+    def __init__(
+        self, catalog: Catalog, compat: Compat, index_seconds_per_point: float = indexing.DEFAULT_SECONDS_PER_POINT
+    ) -> None:
         self.catalog = catalog
         self.compat = compat
+        self.index_seconds_per_point = index_seconds_per_point
 
     @rpc
     def Create(self, request: pb.CreateCollection, context: grpc.ServicerContext) -> pb.CollectionOperationResponse:
@@ -43,22 +48,23 @@ class CollectionsService(pb.CollectionsServicer):
     def Get(self, request: pb.GetCollectionInfoRequest, context: grpc.ServicerContext) -> pb.GetCollectionInfoResponse:
         started = time.perf_counter()
         with self.catalog.reading(request.collection_name) as coll:
-            shard_info = coll.shard.info()
+            infos = [shard.edge.info() for shard in coll.shards.values()]
+            # Summed over shards, the worst status wins (collection/collection_ops.rs `info`).
             info = pb.CollectionInfo(
-                status=pb.CollectionStatus.Green,
+                status=coll.index_build.status(),
                 optimizer_status=pb.OptimizerStatus(ok=True),
-                segments_count=shard_info.segments_count,
+                segments_count=sum(i.segments_count for i in infos),
                 config=coll.config,
-                points_count=shard_info.points_count,
-                indexed_vectors_count=shard_info.indexed_vectors_count,
+                points_count=sum(i.points_count for i in infos),
+                indexed_vectors_count=sum(i.indexed_vectors_count for i in infos),
                 update_queue=pb.UpdateQueueInfo(length=0),
             )
-            indexed = shard_info.payload_schema
             for field, stored in coll.payload_schema.items():
                 out = info.payload_schema[field]
                 out.CopyFrom(stored)
-                edge_index = indexed.get(field)
-                out.points = edge_index.points if edge_index is not None else 0
+                out.points = sum(
+                    i.payload_schema[field].points for i in infos if i.payload_schema.get(field) is not None
+                )
             coll.fill_created_at(info.created_at)
         return pb.GetCollectionInfoResponse(result=info, time=time.perf_counter() - started)
 
@@ -87,6 +93,11 @@ class CollectionsService(pb.CollectionsServicer):
                     raise
             coll.save()
             coll.refresh_derived()
+            if request.HasField("strict_mode_config"):
+                coll.refresh_limiters()
+            points = coll.points_count()
+            if indexing.needs_rebuild(previous, config, points):
+                coll.index_build.start(points, self.index_seconds_per_point)
         return pb.CollectionOperationResponse(result=True, time=time.perf_counter() - started)
 
     @rpc
@@ -108,12 +119,7 @@ class CollectionsService(pb.CollectionsServicer):
     @rpc
     def UpdateAliases(self, request: pb.ChangeAliases, context: grpc.ServicerContext) -> pb.CollectionOperationResponse:
         started = time.perf_counter()
-
-        def apply(mapping: dict[str, str], collections: set[str]) -> None:
-            for action in request.actions:
-                apply_alias_action(action, mapping, collections)
-
-        self.catalog.change_aliases(apply)
+        self.catalog.change_aliases(list(request.actions))
         return pb.CollectionOperationResponse(result=True, time=time.perf_counter() - started)
 
     @rpc
@@ -137,22 +143,102 @@ class CollectionsService(pb.CollectionsServicer):
             time=time.perf_counter() - started,
         )
 
+    # -- shards -------------------------------------------------------------------------------------------------------
+
     @rpc
     def CollectionClusterInfo(
         self, request: pb.CollectionClusterInfoRequest, context: grpc.ServicerContext
     ) -> pb.CollectionClusterInfoResponse:
+        """Every shard is local and Active on peer 0, with its shard key (collection_ops.rs `cluster_info`)."""
         started = time.perf_counter()
+        response = pb.CollectionClusterInfoResponse(peer_id=0)
         with self.catalog.reading(request.collection_name) as coll:
-            points = coll.shard.info().points_count
-        return pb.CollectionClusterInfoResponse(
-            peer_id=0,
-            shard_count=1,
-            local_shards=[pb.LocalShardInfo(shard_id=0, points_count=points, state=pb.ReplicaState.Active)],
-            time=time.perf_counter() - started,
-        )
+            response.shard_count = len(coll.shards)
+            for shard_id in sorted(coll.shards):
+                out = response.local_shards.add(
+                    shard_id=shard_id,
+                    points_count=coll.shards[shard_id].edge.info().points_count,
+                    state=pb.ReplicaState.Active,
+                )
+                key = coll.layout.key_of.get(shard_id)
+                if key is not None:
+                    fill_shard_key(out.shard_key, key)
+        response.time = time.perf_counter() - started
+        return response
+
+    def _create_shard_key(self, collection: str, request: pb.CreateShardKey) -> None:
+        if request.HasField("shards_number") and request.shards_number == 0:  # grpc/validate.rs CreateShardKey
+            raise validation_error("shards_number", "Validation error: Shards number must be greater than 0 [{}]")
+        if request.HasField("replication_factor") and request.replication_factor == 0:
+            raise validation_error(
+                "replication_factor", "Validation error: Replication factor must be greater than 0 [{}]"
+            )
+        key = shard_key_in(request.shard_key) if request.HasField("shard_key") else None
+        if key is None:
+            raise invalid_argument("Shard key is not specified")
+        shards_number: Optional[int] = request.shards_number if request.HasField("shards_number") else None
+        with self.catalog.writing(collection) as coll:
+            self.catalog.create_shard_key(coll, key, shards_number)
+
+    def _delete_shard_key(self, collection: str, request: pb.DeleteShardKey) -> None:
+        key = shard_key_in(request.shard_key) if request.HasField("shard_key") else None
+        if key is None:
+            raise invalid_argument("Shard key is not specified")
+        with self.catalog.writing(collection) as coll:
+            self.catalog.delete_shard_key(coll, key)
+
+    @rpc
+    def CreateShardKey(
+        self, request: pb.CreateShardKeyRequest, context: grpc.ServicerContext
+    ) -> pb.CreateShardKeyResponse:
+        started = time.perf_counter()
+        if not request.HasField("request"):  # src/tonic/api/collections_api.rs
+            raise invalid_argument("empty request")
+        self._create_shard_key(request.collection_name, request.request)
+        return pb.CreateShardKeyResponse(result=True, time=time.perf_counter() - started)
+
+    @rpc
+    def DeleteShardKey(
+        self, request: pb.DeleteShardKeyRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteShardKeyResponse:
+        started = time.perf_counter()
+        if not request.HasField("request"):
+            raise invalid_argument("empty request")
+        self._delete_shard_key(request.collection_name, request.request)
+        return pb.DeleteShardKeyResponse(result=True, time=time.perf_counter() - started)
+
+    @rpc
+    def ListShardKeys(
+        self, request: pb.ListShardKeysRequest, context: grpc.ServicerContext
+    ) -> pb.ListShardKeysResponse:
+        """The keys of a custom-sharded collection; none for auto sharding (src/common/collections.rs
+        do_get_collection_shard_keys). The RPC exists since Qdrant 1.17."""
+        if not self.compat.list_shard_keys:
+            raise ApiError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"Method not found: /qdrant.Collections/ListShardKeys (this endpoint emulates Qdrant "
+                f"{self.compat.version_text}; ListShardKeys needs 1.17)",
+            )
+        started = time.perf_counter()
+        response = pb.ListShardKeysResponse()
+        with self.catalog.reading(request.collection_name) as coll:
+            for key in coll.layout.keys:
+                fill_shard_key(response.shard_keys.add().key, key)
+        response.time = time.perf_counter() - started
+        return response
 
     @rpc
     def UpdateCollectionClusterSetup(
         self, request: pb.UpdateCollectionClusterSetupRequest, context: grpc.ServicerContext
     ) -> pb.UpdateCollectionClusterSetupResponse:
-        raise unsupported("cluster setup changes")
+        started = time.perf_counter()
+        kind = request.WhichOneof("operation")
+        if kind is None:
+            raise invalid_argument("empty operation")
+        if kind == "create_shard_key":
+            self._create_shard_key(request.collection_name, request.create_shard_key)
+        elif kind == "delete_shard_key":
+            self._delete_shard_key(request.collection_name, request.delete_shard_key)
+        else:
+            raise unsupported(f"cluster setup operation `{kind}` (one peer, every shard local)")
+        return pb.UpdateCollectionClusterSetupResponse(result=True, time=time.perf_counter() - started)

@@ -53,6 +53,11 @@ class Compat:
         return self.version >= (1, 17, 0)
 
     @property
+    def list_shard_keys(self) -> bool:
+        """Collections.ListShardKeys exists since 1.17 (lib/api/src/grpc/proto/collections_service.proto)."""
+        return self.version >= (1, 17, 0)
+
+    @property
     def vector_names(self) -> bool:
         """Points.CreateVectorName / DeleteVectorName exist since 1.18."""
         return self.version >= (1, 18, 0)

@@ -15,7 +15,7 @@ import numpy as np
 import qdrant_edge as qe
 from qdrant_client import grpc as pb
 
-from engine.embedded.status import bad_input, unsupported
+from engine.embedded.status import bad_input, internal, invalid_argument, unsupported, validation_error
 from engine.qdrant.values import fill_payload
 
 PointId = Union[int, uuid.UUID]
@@ -71,49 +71,98 @@ def dense_floats(dense: pb.DenseVector) -> Sequence[float]:
     return memoryview(raw)[len(raw) - 4 * count :].cast("f")
 
 
+class MultiDense(list):  # type: ignore[type-arg]
+    """A multivector (ColBERT-style: several dense vectors of one size) on its way to qdrant-edge."""
+
+
+def multi_in(vectors: list[Sequence[float]]) -> MultiDense:
+    """Qdrant's multivector validation (common/validation.rs validate_multi_vector_by_length)."""
+    if not vectors:
+        raise validation_error("data", "multi vector must not be empty")
+    lengths = [len(v) for v in vectors]
+    if 0 in lengths:
+        raise validation_error("data", "all vectors must be non-empty")
+    bad = next((n for n in lengths if n != lengths[0]), None)
+    if bad is not None:
+        raise validation_error("data", f"all vectors must have the same dimension, found vector with dimension {bad}")
+    return MultiDense(vectors)
+
+
+def _plain_multi_in(data: Sequence[float], vectors_count: int) -> MultiDense:
+    """The pre-1.10 flat layout: `data` holds `vectors_count` vectors end to end (conversions/vectors.rs)."""
+    if vectors_count == 0 or not data:
+        raise invalid_argument(
+            f"Unable to convert to multi-dense vector: Validation error: Empty multi-vector data with vectors count: "
+            f"{vectors_count}"
+        )
+    dim = len(data) // vectors_count
+    if dim * vectors_count != len(data):
+        raise invalid_argument(
+            "Unable to convert to multi-dense vector: Validation error: Data length is not divisible by vectors "
+            f"count. Data length: {len(data)}, vectors count: {vectors_count}"
+        )
+    return multi_in([list(data[i * dim : (i + 1) * dim]) for i in range(vectors_count)])
+
+
 def vector_in(vec: pb.Vector) -> EdgeVector:
     """One gRPC Vector (the `oneof vector`, or the deprecated flat layout older clients send)."""
     kind = vec.WhichOneof("vector")
     if kind == "dense":
         return dense_floats(vec.dense)
     if kind == "sparse":
-        return _sparse_in(list(vec.sparse.indices), list(vec.sparse.values))
+        return sparse_in(list(vec.sparse.indices), list(vec.sparse.values))
+    if kind == "multi_dense":
+        return multi_in([dense_floats(v) for v in vec.multi_dense.vectors])
     if kind is None:  # pre-1.10 layout: data (+ indices for sparse, + vectors_count for multi)
         if vec.HasField("vectors_count"):
-            raise unsupported("multi-vectors")
+            return _plain_multi_in(list(vec.data), vec.vectors_count)
         if vec.HasField("indices"):
-            return _sparse_in(list(vec.indices.data), list(vec.data))
+            return sparse_in(list(vec.indices.data), list(vec.data))
         return list(vec.data)
-    if kind == "multi_dense":
-        raise unsupported("multi-vectors")
     raise unsupported(f"server-side inference (`{kind}` vectors)")
 
 
-def _sparse_in(indices: list[int], values: list[float]) -> qe.SparseVector:
+def sparse_in(indices: list[int], values: list[float]) -> qe.SparseVector:
+    """A sparse vector, validated as Qdrant's gRPC layer does (sparse_vector.rs validate_sparse_vector_impl)."""
     if len(indices) != len(values):
-        raise bad_input(
-            f"Validation error in body: [sparse vector: indices and values must have the same length, "
-            f"got {len(indices)} and {len(values)}]"
-        )
+        raise validation_error("values", "Validation error: must be the same length as indices [{}]")
+    if len(set(indices)) != len(indices):
+        raise validation_error("indices", "Validation error: must be unique [{}]")
     return qe.SparseVector(indices, values)
 
 
 def vectors_in(vectors: pb.Vectors) -> dict[str, EdgeVector]:
-    """A point's gRPC Vectors as {name: vector}; the unnamed vector is under ""."""
+    """A point's gRPC Vectors as {name: vector}; the unnamed vector is under "".
+
+    Refused like Qdrant's conversion (lib/api/src/conversions/vectors.rs): a Vectors with neither variant set is
+    "No Vector Provided", a sparse vector must be named. An empty NamedVectors map is accepted: the point is stored
+    without vectors (the segment's `insert_new_vectors` leaves every vector of the point unset).
+    """
     kind = vectors.WhichOneof("vectors_options")
     if kind == "vector":
-        return {DEFAULT_VECTOR: vector_in(vectors.vector)}
+        vec = vectors.vector
+        if vec.WhichOneof("vector") == "sparse" or (vec.WhichOneof("vector") is None and vec.HasField("indices")):
+            raise invalid_argument("Sparse vector must be named")
+        return {DEFAULT_VECTOR: vector_in(vec)}
     if kind == "vectors":
         return {name: vector_in(vec) for name, vec in vectors.vectors.vectors.items()}
-    return {}
+    raise invalid_argument("No Vector Provided")
 
 
 class VectorSchema:
-    """The vector names and sizes of one collection, for validating writes the way Qdrant does before applying."""
+    """The vector names, sizes and kinds of one collection, for validating writes as Qdrant does before applying."""
 
-    def __init__(self, dense: dict[str, int], sparse: set[str]) -> None:
+    def __init__(
+        self,
+        dense: dict[str, int],
+        sparse: set[str],
+        multi: Optional[set[str]] = None,
+        distances: Optional[dict[str, int]] = None,
+    ) -> None:
         self.dense = dense
         self.sparse = sparse
+        self.multi = multi or set()
+        self.distances = distances or {}
 
     def check(self, named: dict[str, EdgeVector]) -> None:
         dense = self.dense
@@ -122,13 +171,24 @@ class VectorSchema:
             if size is not None:
                 if isinstance(vec, qe.SparseVector):
                     raise bad_input(f"Conversion between sparse and regular vectors failed for vector `{name}`")
-                if len(vec) != size:
+                if type(vec) is MultiDense:
+                    if name not in self.multi:
+                        raise bad_input("Wrong usage of multi vectors")
+                    for sub in vec:
+                        if len(sub) != size:
+                            raise bad_input(f"Vector dimension error: expected dim: {size}, got {len(sub)}")
+                elif len(vec) != size:
                     raise bad_input(f"Vector dimension error: expected dim: {size}, got {len(vec)}")
             elif name in self.sparse:
                 if not isinstance(vec, qe.SparseVector):
                     raise bad_input(f"Conversion between sparse and regular vectors failed for vector `{name}`")
             else:
                 raise bad_input(f"Not existing vector name error: {name}")
+
+    def larger_is_better(self, using: Optional[str]) -> bool:
+        """Whether a higher score ranks first for nearest queries on `using` (Distance::distance_order)."""
+        distance = self.distances.get(using or DEFAULT_VECTOR)
+        return distance not in (pb.Distance.Euclid, pb.Distance.Manhattan)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,16 +218,20 @@ def _varint(value: int) -> bytes:
 
 def _fill_vector_out(target: pb.VectorOutput, vec: Any) -> None:
     if type(vec) is list:
-        if vec:
-            target.dense.MergeFromString(_packed_dense(vec))
-        else:
+        if not vec:
             target.dense.SetInParent()
+        elif type(vec[0]) is list:  # a multivector: MultiDenseVector of DenseVectors, as Qdrant answers
+            multi = target.multi_dense
+            for sub in vec:
+                multi.vectors.add().MergeFromString(_packed_dense(sub))
+        else:
+            target.dense.MergeFromString(_packed_dense(vec))
     elif isinstance(vec, qe.SparseVector):
         sparse = target.sparse
         sparse.indices.extend(vec.indices)
         sparse.values.extend(vec.values)
     else:
-        raise unsupported("multi-vectors")
+        raise internal(f"unexpected vector type {type(vec).__name__} from qdrant-edge")
 
 
 def fill_vectors_out(target: pb.VectorsOutput, vector: Any, single_unnamed: bool) -> None:
@@ -398,49 +462,8 @@ def search_params_in(params: pb.SearchParams) -> qe.SearchParams:
     )
 
 
-def _vector_input_in(vin: pb.VectorInput) -> EdgeVector:
-    kind = vin.WhichOneof("variant")
-    if kind == "dense":
-        return dense_floats(vin.dense)
-    if kind == "sparse":
-        return _sparse_in(list(vin.sparse.indices), list(vin.sparse.values))
-    if kind == "id":
-        raise unsupported("querying by point id")
-    if kind == "multi_dense":
-        raise unsupported("multi-vector queries")
-    if kind is None:
-        raise bad_input("Query vector input is empty")
-    raise unsupported(f"server-side inference (`{kind}` query input)")
-
-
-_DEFAULT_RRF_K = 2  # Qdrant's default RRF constant (lib/segment: DEFAULT_RRF_K)
+DEFAULT_RRF_K = 2  # Qdrant's default RRF constant (lib/segment: DEFAULT_RRF_K)
 DEFAULT_QUERY_LIMIT = 10  # Qdrant's default `limit` for query, prefetch and scroll
-
-
-def query_in(query: pb.Query, using: Optional[str], limit: int) -> Any:
-    """A gRPC Query (+ `using`, and the stage's limit for MMR's default pool) to a qdrant-edge scoring query."""
-    kind = query.WhichOneof("variant")
-    if kind == "nearest":
-        return qe.Query.Nearest(_vector_input_in(query.nearest), using=using)
-    if kind == "sample":
-        return qe.Sample.Random
-    if kind == "fusion":
-        if query.fusion == pb.Fusion.DBSF:
-            return qe.Fusion.Dbsf()
-        return qe.Fusion.Rrf(k=_DEFAULT_RRF_K)
-    if kind == "rrf":
-        k = query.rrf.k if query.rrf.HasField("k") else _DEFAULT_RRF_K
-        return qe.Fusion.Rrf(k=k, weights=list(query.rrf.weights) or None)
-    if kind == "order_by":
-        return order_by_in(query.order_by)
-    if kind == "nearest_with_mmr":
-        mmr = query.nearest_with_mmr.mmr
-        diversity = mmr.diversity if mmr.HasField("diversity") else 0.5
-        candidates = mmr.candidates_limit if mmr.HasField("candidates_limit") else limit  # Qdrant's default
-        return qe.Mmr(_vector_input_in(query.nearest_with_mmr.nearest), 1.0 - diversity, candidates, using=using)
-    if kind is None:
-        return None
-    raise unsupported(f"`{kind}` queries")
 
 
 def order_by_in(order: pb.OrderBy) -> qe.OrderBy:
@@ -456,39 +479,6 @@ def order_by_in(order: pb.OrderBy) -> qe.OrderBy:
         elif which is not None:
             start_from = getattr(sf, which)
     return qe.OrderBy(order.key, direction=direction, start_from=start_from)
-
-
-def prefetch_in(prefetch: pb.PrefetchQuery) -> qe.Prefetch:
-    if prefetch.HasField("lookup_from"):
-        raise unsupported("`lookup_from`")
-    using = prefetch.using if prefetch.HasField("using") else None
-    limit = prefetch.limit if prefetch.HasField("limit") else DEFAULT_QUERY_LIMIT
-    return qe.Prefetch(
-        limit=limit,
-        query=query_in(prefetch.query, using, limit) if prefetch.HasField("query") else None,
-        prefetches=[prefetch_in(p) for p in prefetch.prefetch] or None,
-        params=search_params_in(prefetch.params) if prefetch.HasField("params") else None,
-        filter=optional_filter(prefetch),
-        score_threshold=_opt(prefetch, "score_threshold"),
-    )
-
-
-def query_request_in(req: pb.QueryPoints) -> qe.QueryRequest:
-    if req.HasField("lookup_from"):
-        raise unsupported("`lookup_from`")
-    using = req.using if req.HasField("using") else None
-    limit = req.limit if req.HasField("limit") else DEFAULT_QUERY_LIMIT
-    return qe.QueryRequest(
-        limit=limit,
-        offset=req.offset if req.HasField("offset") else None,
-        query=query_in(req.query, using, limit) if req.HasField("query") else None,
-        prefetches=[prefetch_in(p) for p in req.prefetch] or None,
-        with_vector=with_vectors_in(req.with_vectors) if req.HasField("with_vectors") else False,
-        with_payload=with_payload_in(req.with_payload, False) if req.HasField("with_payload") else False,
-        filter=optional_filter(req),
-        score_threshold=_opt(req, "score_threshold"),
-        params=search_params_in(req.params) if req.HasField("params") else None,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -524,6 +514,12 @@ def datatype_in(message: Any) -> Any:
         return DATATYPES[message.datatype]
     except KeyError:
         raise unsupported(f"vector datatype {pb.Datatype.Name(message.datatype)}") from None
+
+
+def comparator_in(config: pb.MultiVectorConfig, where: str) -> qe.MultiVectorConfig:
+    if config.comparator != pb.MultiVectorComparator.MaxSim:
+        raise bad_input(f"Unknown multivector comparator {config.comparator} for {where}: use MaxSim")
+    return qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
 
 
 def modifier_in(message: Any) -> Any:
@@ -571,6 +567,15 @@ def field_index_in(req: pb.CreateFieldIndexCollection) -> tuple[pb.PayloadSchema
         raise bad_input(f"Payload index params `{params_kind}` do not match field type {pb.FieldType.Name(field_type)}")
     info.params.CopyFrom(req.field_index_params)
     return info, _index_params_in(params_kind, getattr(req.field_index_params, params_kind))
+
+
+def field_index_of_info(field: str, info: pb.PayloadSchemaInfo) -> Any:
+    """The qdrant-edge schema of a stored payload index (to build it on a shard created later)."""
+    field_type = next(ft for ft, (schema_type, _, _) in FIELD_TYPES.items() if schema_type == info.data_type)
+    request = pb.CreateFieldIndexCollection(field_name=field, field_type=field_type)
+    if info.HasField("params"):
+        request.field_index_params.CopyFrom(info.params)
+    return field_index_in(request)[1]
 
 
 def _index_params_in(kind: str, p: Any) -> Any:

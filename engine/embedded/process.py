@@ -20,6 +20,7 @@ from typing import IO, Mapping, Optional
 from engine.embedded.cli import API_KEY_ENV, READY_PREFIX
 from engine.embedded.compat import DEFAULT_VERSION
 from engine.embedded.server import format_address
+from engine.embedded.storage_reads import StorageReads, read_stats_file
 from engine.errors import PreconditionError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class EmbeddedProcess:
         log_path: Optional[Path | str] = None,
         tls_cert: Optional[Path | str] = None,
         tls_key: Optional[Path | str] = None,
+        index_us_per_point: Optional[float] = None,
+        stats_file: Optional[Path | str] = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -54,6 +57,8 @@ class EmbeddedProcess:
         self._faults = faults
         self._tls = (str(tls_cert), str(tls_key)) if tls_cert is not None else None
         self._seed = seed
+        self._index_us_per_point = index_us_per_point
+        self.stats_file = Path(stats_file) if stats_file is not None else None
         self._extra_env = dict(extra_env or {})
         # The child's stderr (its log), appended across restarts; by default inside the data dir, which the
         # endpoint's storage ignores (it reads only collections/, aliases.json and .lock there).
@@ -117,7 +122,20 @@ class EmbeddedProcess:
             cmd += ["--faults", self._faults]
         if self._tls:
             cmd += ["--tls-cert", self._tls[0], "--tls-key", self._tls[1]]
+        if self._index_us_per_point is not None:
+            cmd += ["--index-us-per-point", str(self._index_us_per_point)]
+        if self.stats_file is not None:
+            cmd += ["--stats-file", str(self.stats_file)]
         return cmd
+
+    def storage_reads(self) -> dict[str, StorageReads]:
+        """Points read from storage per collection, as the child last wrote them (on stop, or every few seconds);
+        needs `stats_file`."""
+        if self.stats_file is None:
+            raise RuntimeError("EmbeddedProcess was started without stats_file")
+        if not self.stats_file.exists():
+            return {}
+        return read_stats_file(self.stats_file)
 
     def _spawn(self, port: int) -> int:
         env = dict(os.environ)

@@ -12,8 +12,15 @@ from typing import Any, Optional
 import qdrant_edge as qe
 from qdrant_client import grpc as pb
 
-from engine.embedded.convert import DEFAULT_VECTOR, VectorSchema, datatype_in, distance_in, modifier_in
-from engine.embedded.status import bad_input, unsupported
+from engine.embedded.convert import (
+    DEFAULT_VECTOR,
+    VectorSchema,
+    comparator_in,
+    datatype_in,
+    distance_in,
+    modifier_in,
+)
+from engine.embedded.status import bad_input, unsupported, validation_error
 
 # Qdrant's defaults (config/config.yaml, lib/collection/src/config.rs), echoed by Get when a request leaves them out.
 DEFAULT_HNSW = pb.HnswConfigDiff(m=16, ef_construct=100, full_scan_threshold=10000, max_indexing_threads=0, on_disk=False)
@@ -23,6 +30,8 @@ DEFAULT_OPTIMIZERS = pb.OptimizersConfigDiff(
     default_segment_number=0,
     indexing_threshold=10000,
     flush_interval_sec=5,
+    # Unset in config.yaml; Get reports it as the Auto setting (operations/conversions.rs).
+    max_optimization_threads=pb.MaxOptimizationThreads(setting=pb.MaxOptimizationThreads.Setting.Auto),
 )
 DEFAULT_WAL = pb.WalConfigDiff(wal_capacity_mb=32, wal_segments_ahead=0, wal_retain_closed=1)
 
@@ -52,7 +61,7 @@ def _validate_vector_params(name: str, params: pb.VectorParams) -> None:
         raise bad_input(f"Vector size {params.size} for {where} is invalid: must be from 1 to {MAX_VECTOR_SIZE}")
     distance_in(params.distance, where)
     if params.HasField("multivector_config"):
-        raise unsupported("multi-vector collections")
+        comparator_in(params.multivector_config, where)
     datatype_in(params)
 
 
@@ -60,16 +69,14 @@ def config_from_create(req: pb.CreateCollection, with_metadata: bool) -> pb.Coll
     """The full CollectionConfig for a CreateCollection request (validated; defaults filled as Qdrant does)."""
     config = pb.CollectionConfig()
     params = config.params
-    # Echoed as given; one qdrant-edge shard serves any number, as a single node's local shards behave alike.
+    # Auto sharding: this many shards; custom sharding: shards per shard key unless CreateShardKey says otherwise.
     params.shard_number = req.shard_number if req.HasField("shard_number") else 1
-    if params.shard_number < 1:
-        raise bad_input("`shard_number` cannot be 0")
+    if params.shard_number < 1:  # lib/api/build.rs: CreateCollection.shard_number range(min = 1)
+        raise validation_error("shard_number", f"value {params.shard_number} invalid, must be 1 or larger")
     params.on_disk_payload = req.on_disk_payload if req.HasField("on_disk_payload") else True
     params.replication_factor = req.replication_factor if req.HasField("replication_factor") else 1
     params.write_consistency_factor = req.write_consistency_factor if req.HasField("write_consistency_factor") else 1
     if req.HasField("sharding_method"):
-        if req.sharding_method == pb.ShardingMethod.Custom:
-            raise unsupported("custom sharding")
         params.sharding_method = req.sharding_method
     if req.HasField("payload"):
         params.payload.CopyFrom(req.payload)
@@ -89,6 +96,9 @@ def config_from_create(req: pb.CreateCollection, with_metadata: bool) -> pb.Coll
                 _validate_vector_params(name, vp)
                 dense_count += 1
         params.vectors_config.CopyFrom(vc)
+    if params.vectors_config.WhichOneof("config") is None:
+        # No dense vector: Qdrant stores VectorsConfig::Multi({}) and reports an empty map (operations/conversions.rs)
+        params.vectors_config.params_map.SetInParent()
     if req.HasField("sparse_vectors_config"):
         for name in req.sparse_vectors_config.map:
             if name == DEFAULT_VECTOR:
@@ -221,7 +231,13 @@ def is_single_unnamed(config: pb.CollectionConfig) -> bool:
 
 
 def vector_schema(config: pb.CollectionConfig) -> VectorSchema:
-    return VectorSchema({name: vp.size for name, vp in dense_vectors(config).items()}, set(sparse_vectors(config)))
+    dense = dense_vectors(config)
+    return VectorSchema(
+        {name: vp.size for name, vp in dense.items()},
+        set(sparse_vectors(config)),
+        {name for name, vp in dense.items() if vp.HasField("multivector_config")},
+        {name: vp.distance for name, vp in dense.items()},
+    )
 
 
 def add_dense_vector(config: pb.CollectionConfig, name: str, creation: pb.DenseVectorCreationConfig) -> bool:
@@ -233,7 +249,7 @@ def add_dense_vector(config: pb.CollectionConfig, name: str, creation: pb.DenseV
     if creation.HasField("datatype"):
         params.datatype = creation.datatype
     if creation.HasField("multivector_config"):
-        raise unsupported("multi-vectors")
+        params.multivector_config.CopyFrom(creation.multivector_config)
     _validate_vector_params(name, params)
     existing = dense_vectors(config).get(name)
     if existing is not None:
@@ -355,6 +371,9 @@ def _edge_vector(name: str, vp: pb.VectorParams, collection_hnsw: pb.HnswConfigD
         size=vp.size,
         distance=distance_in(vp.distance, f"vector `{name}`"),
         on_disk=_opt(vp, "on_disk"),
+        multivector_config=comparator_in(vp.multivector_config, f"vector `{name}`")
+        if vp.HasField("multivector_config")
+        else None,
         datatype=datatype_in(vp),
         quantization_config=quantization_in(vp.quantization_config) if vp.HasField("quantization_config") else None,
         hnsw_config=hnsw,

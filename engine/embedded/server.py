@@ -3,6 +3,14 @@
 It serves Qdrant's own gRPC services (the servicer base classes shipped in qdrant-client) from qdrant-edge shards,
 so the engine, the demo and the tests talk to it exactly as to a Qdrant server. The gRPC server is `grpc.aio`,
 run by an event loop on a thread of its own, so `start()` and `stop()` are plain calls for any caller.
+
+Hooks for tests and benchmarks (in-process):
+    storage_reads() -> {collection: StorageReads(with_payload, without_payload)}   points read from shards
+    reset_storage_reads()
+    finish_index_builds()           every collection that is Yellow while its index "builds" turns Green now
+    apply_deferred_writes() -> int  writes held back by the `ack_before_apply` fault are applied now
+A child process (`serve-embedded --stats-file PATH`) writes the storage reads to PATH as JSON every few seconds
+and on stop (storage_reads.read_stats_file reads it back).
 """
 
 from __future__ import annotations
@@ -23,13 +31,17 @@ from engine.embedded.catalog import Catalog
 from engine.embedded.collections_service import EDGE_VERSION, CollectionsService, QdrantService
 from engine.embedded.compat import DEFAULT_VERSION, Compat
 from engine.embedded.faults import FaultInjector, FaultInterceptor, FaultSpec
+from engine.embedded.indexing import DEFAULT_SECONDS_PER_POINT
 from engine.embedded.points_service import PointsService
+from engine.embedded.storage_reads import StorageReadCounter, StorageReads, write_stats_file
 from engine.errors import ConfigError, PreconditionError
 
 log = logging.getLogger(__name__)
 
-# Qdrant caps requests at 32 MiB; accept 64 MiB so a client at the cap plus framing never hits our limit first.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Qdrant's gRPC server sets no size limit on what it receives or sends (src/tonic/mod.rs:
+# max_decoding_message_size(usize::MAX), tonic's encoding default is unlimited): -1 is gRPC's "unlimited", so the
+# client's own limits decide, as against a real server. (The 32 MiB cap is REST's, actix only.)
+MAX_MESSAGE_BYTES = -1
 # How often shards written since the last flush are flushed (Qdrant's default flush_interval_sec).
 FLUSH_INTERVAL_S = 5.0
 # How often the operator log line with write/read rates appears (only when there was traffic).
@@ -70,6 +82,8 @@ class EmbeddedServer:
         seed: int = 0,
         tls_cert: Optional[str] = None,
         tls_key: Optional[str] = None,
+        index_seconds_per_point: float = DEFAULT_SECONDS_PER_POINT,
+        stats_file: Optional[str] = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError(f"port {port} is out of range; use 1-65535, or 0 for a free port")
@@ -81,6 +95,12 @@ class EmbeddedServer:
         self.injector = FaultInjector(self.fault_spec, seed) if self.fault_spec.active else None
         self._api_key = api_key or None
         self._tls = _read_tls(tls_cert, tls_key)
+        if index_seconds_per_point < 0:
+            raise ConfigError(f"index build time per point must be 0 or more seconds, got {index_seconds_per_point}")
+        self.index_seconds_per_point = index_seconds_per_point
+        self.stats_file = Path(stats_file) if stats_file else None
+        self.reads = StorageReadCounter()
+        self._stats_written = -1
         self.catalog: Optional[Catalog] = None
         self._points: Optional[PointsService] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -148,11 +168,10 @@ class EmbeddedServer:
                 ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
             ],
         )
-        points = PointsService(catalog, self.compat)
+        points = PointsService(catalog, self.compat, self.reads)
+        collections = CollectionsService(catalog, self.compat, self.index_seconds_per_point)
         pb.add_QdrantServicer_to_server(async_servicer(QdrantService(self.compat), pb.QdrantServicer), server)
-        pb.add_CollectionsServicer_to_server(
-            async_servicer(CollectionsService(catalog, self.compat), pb.CollectionsServicer), server
-        )
+        pb.add_CollectionsServicer_to_server(async_servicer(collections, pb.CollectionsServicer), server)
         pb.add_PointsServicer_to_server(async_servicer(points, pb.PointsServicer), server)
         target = format_address(self.host, self.requested_port)
         try:
@@ -175,6 +194,8 @@ class EmbeddedServer:
         server, self._server = self._server, None
         if loop is not None and server is not None:
             asyncio.run_coroutine_threadsafe(server.stop(grace), loop).result()
+            if self.injector is not None:  # writes already acknowledged are in the "WAL": they are applied
+                asyncio.run_coroutine_threadsafe(self.injector.deferred.drain(), loop).result()
         if loop is not None and thread is not None:
             self._halt_loop(loop, thread)
         self._loop = self._loop_thread = None
@@ -183,6 +204,7 @@ class EmbeddedServer:
             self._flusher.join()
             self._flusher = None
         self._log_stats()
+        self._write_stats_file(force=True)
         catalog, self.catalog = self.catalog, None
         if catalog is not None:
             catalog.close()
@@ -216,9 +238,40 @@ class EmbeddedServer:
                 catalog.flush_dirty()
             except Exception:  # noqa: BLE001 - keep flushing the others; the WAL still has every write
                 log.exception("periodic flush failed")
+            self._write_stats_file()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + STATS_INTERVAL_S
                 self._log_stats()
+
+    def _write_stats_file(self, force: bool = False) -> None:
+        if self.stats_file is None or (not force and self.reads.version == self._stats_written):
+            return
+        self._stats_written = self.reads.version
+        try:
+            write_stats_file(self.stats_file, self.reads.snapshot())
+        except OSError:
+            log.exception("cannot write the stats file %s", self.stats_file)
+
+    # -- hooks for tests and benchmarks -----------------------------------------------------------------------------
+
+    def storage_reads(self) -> dict[str, StorageReads]:
+        """Points materialised from each collection's shards since start (or the last reset)."""
+        return self.reads.snapshot()
+
+    def reset_storage_reads(self) -> None:
+        self.reads.reset()
+
+    def finish_index_builds(self) -> None:
+        """End every emulated index build now: collections report Green (no waiting in tests)."""
+        if self.catalog is not None:
+            for coll in self.catalog.collections():
+                coll.index_build.finish()
+
+    def apply_deferred_writes(self) -> int:
+        """Apply now the writes the `ack_before_apply` fault acknowledged but held back; returns how many."""
+        if self.injector is None or self._loop is None:
+            return 0
+        return asyncio.run_coroutine_threadsafe(self.injector.deferred.drain(), self._loop).result()
 
     def _log_stats(self) -> None:
         if self._points is None:

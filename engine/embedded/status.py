@@ -36,6 +36,21 @@ def bad_request(description: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"Bad request: {description}")
 
 
+def already_exists(description: str) -> ApiError:
+    """StorageError::AlreadyExists: worded as bad input, answered ALREADY_EXISTS (content_manager/errors.rs)."""
+    return ApiError(grpc.StatusCode.ALREADY_EXISTS, f"Wrong input: {description}")
+
+
+def invalid_argument(message: str) -> ApiError:
+    """A status the gRPC layer answers itself (tonic `Status::invalid_argument`): the message has no prefix."""
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def validation_error(field: str, problem: str) -> ApiError:
+    """A request failing Qdrant's gRPC validation (src/tonic/api/mod.rs `validate`, operations/validation.rs)."""
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"Validation error in body: [{field}: {problem}]")
+
+
 def not_found(description: str) -> ApiError:
     return ApiError(grpc.StatusCode.NOT_FOUND, f"Not found: {description}")
 
@@ -56,7 +71,13 @@ def unsupported(what: str) -> ApiError:
 _MISSING_POINT = re.compile(r"No point with id (\S+?)(?: found)?$")
 # qdrant-edge errors are bare Exceptions carrying the segment layer's text; these prefixes are the ones Qdrant
 # reports as bad input (OperationError -> CollectionError::BadInput) or as a bad request (missing index).
-_BAD_INPUT = ("Vector dimension error", "Not existing vector name error", "Wrong usage of sparse vectors", "Validation error")
+_BAD_INPUT = (
+    "Vector dimension error",
+    "Not existing vector name error",
+    "Wrong usage of sparse vectors",
+    "Wrong usage of multi vectors",
+    "Validation error",
+)
 _BAD_REQUEST = ("No range index", "No appropriate index", "Index required but not found")
 
 
@@ -74,6 +95,34 @@ def from_edge(exc: Exception) -> ApiError:
     if text.startswith(_BAD_REQUEST):
         return bad_request(text)
     return internal(text)
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """An exception raised while applying to a shard, as the status the client would get for it."""
+    if isinstance(exc, ApiError):
+        return exc
+    if type(exc) is Exception:
+        return from_edge(exc)
+    return internal(f"{type(exc).__name__}: {exc}")
+
+
+_PREFIXES = ("Wrong input: ", "Bad request: ", "Not found: ", "Service internal error: ")
+
+
+def some_shards_failed(errors: Sequence[ApiError], shards: int) -> ApiError:
+    """What Qdrant answers when a write failed on some of the shards it reached (collection/point_ops.rs):
+    the first error's status, worded `N out of M shards failed to apply operation. First error captured: ...`
+    (CollectionError::InconsistentShardFailure); when every shard failed, the first error as it is."""
+    first = errors[0]
+    if len(errors) == shards:
+        return first
+    prefix = next((p for p in _PREFIXES if first.message.startswith(p)), "")
+    captured = first.message[len(prefix):] if prefix == "Not found: " else first.message
+    return ApiError(
+        first.code,
+        f"{prefix}{len(errors)} out of {shards} shards failed to apply operation. First error captured: {captured}",
+        first.trailers,
+    )
 
 
 F = TypeVar("F", bound=Callable[..., Any])

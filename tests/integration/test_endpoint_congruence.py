@@ -327,3 +327,36 @@ def test_missing_point_update_vectors_is_not_found(endpoint_pair: tuple[QdrantCl
         remote.update_vectors(name, [models.PointVectors(id=42, vector={"a": vec(1)})])
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert err.value.details() == "Not found: No point with id 42 found"
+
+
+@pytest.mark.filterwarnings("ignore:Local mode performs exact")
+def test_queries_by_point_id_recommend_discover_context(endpoint_pair: tuple[QdrantClient, QdrantClient, str]) -> None:
+    """Point ids as query inputs are read from the collection, or from `lookup_from`, and excluded from the results
+    when they come from the searched collection (universal_query/collection_query.rs); recommend strategies,
+    discover and context as Qdrant scores them (recommendations.rs)."""
+
+    def ops(client: QdrantClient, name: str) -> Any:
+        other = f"{name}_other"
+        for coll, shards in ((name, 2), (other, 1)):
+            client.create_collection(coll, vectors_config={"v": models.VectorParams(size=DIM, distance=models.Distance.COSINE)}, shard_number=shards)
+        client.upsert(name, [models.PointStruct(id=i, vector={"v": vec(i)}) for i in range(30)])
+        client.upsert(other, [models.PointStruct(id=100 + i, vector={"v": vec(50 + i)}) for i in range(3)])
+
+        def top(query: Any, **kw: Any) -> list[tuple[Any, float]]:
+            hits = client.query_points(name, query=query, using="v", limit=5, **kw).points
+            return [(p.id, round(p.score, 4)) for p in hits]
+
+        pair = models.ContextPair(positive=3, negative=17)
+        return (
+            top(4),  # nearest to point 4, point 4 itself left out
+            top(models.RecommendQuery(recommend=models.RecommendInput(positive=[4, 9], negative=[20]))),
+            top(models.RecommendQuery(recommend=models.RecommendInput(positive=[4], negative=[20], strategy=models.RecommendStrategy.BEST_SCORE))),
+            top(models.RecommendQuery(recommend=models.RecommendInput(positive=[4], negative=[20], strategy=models.RecommendStrategy.SUM_SCORES))),
+            top(models.DiscoverQuery(discover=models.DiscoverInput(target=5, context=[pair]))),
+            [score for _, score in top(models.ContextQuery(context=[pair]))],  # ties at 0: ids are arbitrary
+            top(101, lookup_from=models.LookupLocation(collection=other, vector="v")),  # nothing excluded here
+        )
+
+    remote, local = both(endpoint_pair, ops)
+    assert remote == local
+    assert 4 not in [pid for pid, _ in remote[0]] and len(remote[6]) == 5

@@ -41,6 +41,8 @@ def test_spec_parses_the_documented_example() -> None:
         ("latency_ms=5", FaultSpec(latency_ms=(5.0, 5.0))),
         (" exhausted = 1 , retry_after_s=0.2-0.4", FaultSpec(exhausted=1.0, retry_after_s=(0.2, 0.4))),
         ("unavailable=0.5,apply_then_fail=0.5", FaultSpec(unavailable=0.5, apply_then_fail=0.5)),
+        ("ack_before_apply=0.2,ack_delay_ms=5-50", FaultSpec(ack_before_apply=0.2, ack_delay_ms=(5.0, 50.0))),
+        ("rate_limit=2500", FaultSpec(rate_limit=2500.0)),
     ],
 )
 def test_spec_accepts(text: str | None, expected: FaultSpec) -> None:
@@ -67,6 +69,9 @@ def test_inactive_spec_describes_itself_as_none() -> None:
         ("latency_ms=a-b", "range"),
         ("retry_after_s=0", "above 0"),
         ("unavailable=0.1,,exhausted=0.1", "empty item"),
+        ("unavailable=0.5,ack_before_apply=0.6", "exceeds 1"),
+        ("rate_limit=0", "above 0"),
+        ("rate_limit=fast", "not a number"),
     ],
 )
 def test_spec_rejects_with_a_reason(text: str, reason: str) -> None:
@@ -110,7 +115,7 @@ def _raw_count(server: EmbeddedServer) -> int:
     """Count straight from the shard, past the fault injector, to see what was really applied."""
     assert server.catalog is not None
     with server.catalog.reading("c") as coll:
-        return coll.shard.info().points_count
+        return coll.points_count()
 
 
 @pytest.mark.parametrize("endpoint_faulty", ["unavailable=1"], indirect=True)
@@ -184,3 +189,72 @@ def test_faults_are_seeded(tmp_path: Path) -> None:
     assert first == again
     assert first != other
     assert {"ok", "UNAVAILABLE", "RESOURCE_EXHAUSTED"} == set(first)
+
+
+@pytest.mark.parametrize("endpoint_faulty", ["rate_limit=100"], indirect=True)
+def test_rate_limit_refuses_writes_over_n_points_per_second(endpoint_faulty: tuple[EmbeddedServer, QdrantClient]) -> None:
+    """Refused as Qdrant's strict-mode write rate limiter refuses (rate_limiting.rs, content_manager/conversions.rs):
+    RESOURCE_EXHAUSTED, retry-after in whole seconds, none when the write alone exceeds the limit."""
+    server, client = endpoint_faulty
+    channel = grpc.insecure_channel(server.address)
+    points = pb.PointsStub(channel)
+
+    def upsert(ids: range) -> None:
+        request = pb.UpsertPoints(collection_name="c", wait=True)
+        for i in ids:
+            point = request.points.add()
+            point.id.num = i
+            point.vectors.vector.dense.data.extend([1.0, float(i)])
+        points.Upsert(request)
+
+    upsert(range(80))
+    with pytest.raises(grpc.RpcError) as err:
+        upsert(range(100, 180))  # 60 points short at 100/s
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.value.details().startswith("Rate limiting exceeded: Write rate limit exceeded: Operation requires 80 tokens")
+    assert dict(err.value.trailing_metadata())["retry-after"] == "1"
+    with pytest.raises(grpc.RpcError) as err:
+        upsert(range(200, 301))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "request larger than rate limiter capacity" in err.value.details()
+    assert "retry-after" not in dict(err.value.trailing_metadata())
+    assert client.count("c").count == 80  # reads are not limited
+    channel.close()
+
+
+@pytest.mark.parametrize("endpoint_faulty", ["ack_before_apply=1,ack_delay_ms=60000"], indirect=True)
+def test_ack_before_apply_acknowledges_then_applies_in_order(endpoint_faulty: tuple[EmbeddedServer, QdrantClient]) -> None:
+    """A wait=true write answered Acknowledged (in Qdrant's WAL, not applied yet) is applied later, in arrival order."""
+    server, client = endpoint_faulty
+    first = client.upsert("c", [models.PointStruct(id=1, vector=[1.0, 0.0], payload={"v": "first"})], wait=True)
+    second = client.upsert("c", [models.PointStruct(id=1, vector=[1.0, 0.0], payload={"v": "second"})], wait=True)
+    assert first.status == second.status == models.UpdateStatus.ACKNOWLEDGED
+    assert client.count("c").count == 0 and _raw_count(server) == 0  # acknowledged, not applied
+    assert server.injector is not None and server.injector.deferred.pending == 2
+    assert server.apply_deferred_writes() == 2
+    assert client.retrieve("c", [1])[0].payload == {"v": "second"}
+
+
+@pytest.mark.parametrize("endpoint_faulty", ["ack_before_apply=0.5,ack_delay_ms=60000"], indirect=True)
+def test_a_write_applied_at_once_lands_after_the_held_back_ones(endpoint_faulty: tuple[EmbeddedServer, QdrantClient]) -> None:
+    server, client = endpoint_faulty
+    statuses = []
+    for n in range(12):
+        reply = client.upsert("c", [models.PointStruct(id=1, vector=[1.0, 0.0], payload={"n": n})], wait=True)
+        statuses.append(reply.status)
+        if reply.status == models.UpdateStatus.COMPLETED:  # held-back writes were applied first (WAL order)
+            assert client.retrieve("c", [1])[0].payload == {"n": n}
+    assert {models.UpdateStatus.COMPLETED, models.UpdateStatus.ACKNOWLEDGED} == set(statuses)
+    server.apply_deferred_writes()
+    assert client.retrieve("c", [1])[0].payload == {"n": 11}
+
+
+@pytest.mark.parametrize("endpoint_faulty", ["ack_before_apply=1,ack_delay_ms=0"], indirect=True)
+def test_held_back_writes_apply_on_their_own(endpoint_faulty: tuple[EmbeddedServer, QdrantClient]) -> None:
+    """The timer path (no hook): with no delay the held-back write is applied as soon as the loop turns over."""
+    server, client = endpoint_faulty
+    assert client.upsert("c", [_point(1)], wait=True).status == models.UpdateStatus.ACKNOWLEDGED
+    deadline = time.monotonic() + 5.0  # a bound on a wait for the event loop, not a timing assertion
+    while _raw_count(server) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _raw_count(server) == 1 and server.injector is not None and server.injector.deferred.pending == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,25 @@ def test_taken_port_is_refused(tmp_path: Path) -> None:
         # the refused server released its data dir again
         with EmbeddedServer(tmp_path / "b") as second:
             assert second.port != first.port
+
+
+def test_a_data_dir_of_the_first_format_is_moved_to_shards(tmp_path: Path) -> None:
+    """Collections written before shards existed (format 1: one shard at collections/<name>/shard/) open as one
+    shard 0, and are rewritten in the current format."""
+    with EmbeddedServer(tmp_path) as server:
+        client = endpoint_client(server.port)
+        client.create_collection("old", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
+        client.upsert("old", [models.PointStruct(id=i, vector=[1.0, float(i)]) for i in range(7)])
+        client.close()
+    coll_dir = tmp_path / "collections" / "old"
+    os.replace(coll_dir / "shards" / "0", coll_dir / "shard")
+    (coll_dir / "shards").rmdir()
+    doc = json.loads((coll_dir / "config.json").read_text())
+    doc["format"] = 1
+    del doc["layout"]
+    (coll_dir / "config.json").write_text(json.dumps(doc))
+    with EmbeddedServer(tmp_path) as server:
+        client = endpoint_client(server.port)
+        assert client.count("old").count == 7
+        client.close()
+    assert (coll_dir / "shards" / "0").is_dir() and json.loads((coll_dir / "config.json").read_text())["format"] == 2
