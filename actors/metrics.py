@@ -16,7 +16,7 @@ histograms, so the exported series are:
 | `ray_reembed_batch_latency_seconds` | histogram | `stage` (scroll, embed, upload) | time one page spends in a stage |
 | `ray_reembed_pages_in_flight` | gauge | `stage` (scroll, process) | pages the coordinator has in flight per stage |
 
-Every name carries Ray's own tags too (node address, worker id, session). Counters count this process's work since
+Every series carries a `job` tag (the job id), and Ray's own tags too (node address, worker id, session). Counters count this process's work since
 it started, so a restarted actor starts again at zero: use Prometheus `rate()`/`increase()`, which handle resets.
 Ray exports a gauge only for a short while after it was last set, so `pages_in_flight` exists while a run goes on.
 
@@ -48,6 +48,11 @@ class Metrics:
         self._objs: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._disabled = False
+        self._job = ""
+
+    def set_job(self, job_id: str) -> None:
+        """Tag every series this process records with the job, so two jobs on one cluster stay apart."""
+        self._job = job_id
 
     def _get(self) -> dict[str, Any] | None:
         if self._objs is not None or self._disabled:
@@ -66,23 +71,28 @@ class Metrics:
                 return None
             try:
                 self._objs = {
-                    "scrolled": rm.Counter("reembed_points_scrolled", description="Points read from the source."),
-                    "embedded": rm.Counter("reembed_points_embedded", description="Texts embedded by the model."),
+                    "scrolled": rm.Counter("reembed_points_scrolled", description="Points read from the source.",
+                                           tag_keys=("job",)),
+                    "embedded": rm.Counter("reembed_points_embedded", description="Texts embedded by the model.",
+                                           tag_keys=("job",)),
                     "written": rm.Counter("reembed_points_written",
-                                          description="Points written with a new vector (acknowledged)."),
+                                          description="Points written with a new vector (acknowledged).",
+                                          tag_keys=("job",)),
                     "skipped": rm.Counter("reembed_points_skipped",
-                                          description="Points written without a new vector (no usable text)."),
+                                          description="Points written without a new vector (no usable text).",
+                                          tag_keys=("job",)),
                     "dead": rm.Counter("reembed_dead_letters", description="Points recorded as dead letters.",
-                                       tag_keys=("stage",)),
+                                       tag_keys=("job", "stage")),
                     "retries": rm.Counter("reembed_retries", description="Retried write requests, by cause.",
-                                          tag_keys=("cause",)),
-                    "requests": rm.Counter("reembed_write_requests", description="Write requests sent."),
+                                          tag_keys=("job", "cause")),
+                    "requests": rm.Counter("reembed_write_requests", description="Write requests sent.",
+                                           tag_keys=("job",)),
                     "latency": rm.Histogram("reembed_batch_latency_seconds",
                                             description="Seconds one page spends in a stage.",
-                                            boundaries=LATENCY_BOUNDARIES, tag_keys=("stage",)),
+                                            boundaries=LATENCY_BOUNDARIES, tag_keys=("job", "stage")),
                     "in_flight": rm.Gauge("reembed_pages_in_flight",
                                           description="Pages in flight per stage (coordinator view).",
-                                          tag_keys=("stage",)),
+                                          tag_keys=("job", "stage")),
                 }
             except Exception as exc:  # noqa: BLE001 - metrics must never break a run
                 log.warning("Prometheus metrics disabled: %s", exc)
@@ -95,7 +105,7 @@ class Metrics:
         if objs is None:
             return
         try:
-            getattr(objs[key], method)(value, tags=dict(tags) if tags else None)
+            getattr(objs[key], method)(value, tags={"job": self._job, **(tags or {})})
         except Exception as exc:  # noqa: BLE001 - metrics must never break a run
             log.debug("metric %s not recorded: %s", key, exc)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import ray
 
@@ -36,3 +37,31 @@ def start_ray() -> None:
                     "point RAY_ADDRESS at a running cluster, then re-run to resume"
                 ) from None
             log.warning("local Ray start failed (%s); retrying", str(exc).splitlines()[0])
+
+
+def wait_for_gpus(wanted: int, timeout_s: float) -> None:
+    """Ask the autoscaler for `wanted` GPUs and wait, bounded, until the cluster has them: a job submitted to a
+    scaled-down cluster then runs on what it asked for instead of the one GPU that happened to be up."""
+    from ray.autoscaler.sdk import request_resources
+
+    try:
+        request_resources(bundles=[{"GPU": 1}] * wanted)
+    except Exception as exc:  # noqa: BLE001 - a cluster without an autoscaler: wait for nodes added by hand
+        log.info("no autoscaler to ask for %d GPUs (%s); waiting for them to join", wanted, exc)
+    t0 = time.monotonic()
+    last_log = t0
+    while True:
+        have = float(ray.cluster_resources().get("GPU", 0.0))
+        if have >= wanted:
+            log.info("the cluster has %g GPUs (pipeline.min_gpus %d)", have, wanted)
+            return
+        now = time.monotonic()
+        if now - t0 > timeout_s:
+            raise ReembedError(
+                f"waited {timeout_s:.0f} s for pipeline.min_gpus={wanted} GPUs but the cluster has {have:g}; check "
+                "the autoscaler (ray status) or lower pipeline.min_gpus (0 starts on what there is), then re-run"
+            )
+        if now - last_log >= 30:
+            log.info("waiting for %d GPUs (the cluster has %g) for %.0f s", wanted, have, now - t0)
+            last_log = now
+        time.sleep(2.0)  # the autoscaler adds nodes in minutes; polling faster buys nothing

@@ -1,4 +1,4 @@
-"""Ray actors: thin adapters around the engine's Source, Embedder and Sink. No logic lives here."""
+"""Ray actors: thin adapters around the engine's Source, vectorizer and Sink, one kind per lane role. No logic here."""
 
 from __future__ import annotations
 
@@ -10,76 +10,81 @@ import ray
 
 from actors.metrics import metrics
 from engine.flow.page import PageBody, PageMeta, WriteAck
+from engine.flow.sink import QdrantSink, SinkSpec
+from engine.flow.seams import SourceFactory
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.retry import RetryPolicy
-from engine.qdrant.values import TextSpec
-from engine.flow.sink import QdrantSink, SinkSpec
-from engine.flow.source import QdrantSource
 
 
-class ScrollWorker:
-    def __init__(self, endpoint: Endpoint, policy: RetryPolicy, collection: str, text_field: str | None,
-                 text_template: str | None, copy_vectors: dict[str, str] | None = None,
-                 vector_input: str | None = None, text_dataset: dict | None = None) -> None:
-        text = None if text_field is None and text_template is None else TextSpec(field=text_field,
-                                                                                  template=text_template)
-        external = None
-        if text_dataset is not None:
-            from engine.flow.text import ExternalTexts
-
-            external = ExternalTexts(text_dataset["path"], text_dataset["id_column"], text_dataset["text_column"])
-        self.source = QdrantSource(QdrantGrpc(endpoint, policy), collection, text, copy_vectors,
-                                   vector_input=vector_input, external=external)
+class ReaderWorker:
+    def __init__(self, endpoint: Endpoint, policy: RetryPolicy, spec: SourceFactory, job_id: str) -> None:
+        metrics().set_job(job_id)
+        self.source = spec.open(QdrantGrpc(endpoint, policy))
 
     @ray.method(num_returns=3)
-    def read(self, shard: int, seq: int, start: Any, stop: Any, limit: int,
-             to_stop: bool) -> tuple[PageMeta, list[str], PageBody]:
+    def read(self, shard: int, seq: int, start: Any, stop: Any, limit: int, to_stop: bool,
+             shard_key: Any = None) -> tuple[PageMeta, list[Any], PageBody]:
         t0 = time.perf_counter()
-        meta, texts, body = self.source.read_page(shard, seq, start, stop, limit, to_stop)
+        meta, inputs, body = self.source.read_page(shard, seq, start, stop, limit, to_stop, shard_key=shard_key)
         metrics().page_read(meta.n_points, len(meta.dead), time.perf_counter() - t0)
-        return meta, texts, body
+        return meta, inputs, body
+
+    def status(self) -> str | None:
+        """What the reader waits for, if it waits for Qdrant (answered while a read is stuck in its retries)."""
+        waiting = self.source.client.stats.waiting()
+        return waiting.describe(time.monotonic()) if waiting is not None else None
 
     def pid(self) -> int:
         return os.getpid()
 
 
 class EmbedWorker:
-    def __init__(self, spec: dict, vectorizer: dict | None = None) -> None:
-        if vectorizer is not None:  # hybrid (sparse) or a shortcut: see engine/embed/vectorize.py
-            from engine.embed.vectorize import build_vectorizer
+    def __init__(self, vectorizer: dict, job_id: str) -> None:
+        from engine.embed.vectorize import build_vectorizer
 
-            self.embedder = build_vectorizer(vectorizer)
-        else:
-            from engine.embed import build_embedder
-
-            self.embedder = build_embedder(spec)
+        metrics().set_job(job_id)
+        self.embedder = build_vectorizer(vectorizer)
 
     def describe(self) -> dict:
         return self.embedder.describe()
 
-    def embed(self, texts: list):
+    def embed(self, inputs: list) -> Any:
         t0 = time.perf_counter()
-        vectors = self.embedder.embed(texts)
-        metrics().embedded(len(texts), time.perf_counter() - t0)
+        vectors = self.embedder.embed(inputs)
+        metrics().embedded(len(inputs), time.perf_counter() - t0)
         return vectors
 
     def pid(self) -> int:
         return os.getpid()
 
 
-class UploadWorker:
+class WriterWorker:
     """An asyncio actor: one grpc.aio channel, a bounded number of requests in flight across its pages."""
 
-    def __init__(self, endpoint: Endpoint, spec: SinkSpec, policy: RetryPolicy) -> None:
+    def __init__(self, endpoint: Endpoint, spec: SinkSpec, policy: RetryPolicy, job_id: str) -> None:
+        metrics().set_job(job_id)
         self.sink = QdrantSink(endpoint, spec, policy)
 
-    async def write(self, shard: int, seq: int, body: PageBody, vectors) -> WriteAck:
+    async def write(self, shard: int, seq: int, body: PageBody, vectors: Any, check_present: bool = False
+                    ) -> WriteAck:
         t0 = time.perf_counter()
-        ack = await self.sink.write(shard, seq, body, vectors)
+        ack = await self.sink.write(shard, seq, body, vectors, check_present=check_present)
         metrics().page_written(ack.written, ack.skipped, len(ack.dead), ack.requests, ack.retries,
                                time.perf_counter() - t0)
         return ack
+
+    async def status(self) -> tuple[str, str | None]:
+        """How the writer paces itself, and what it waits for, if it waits for Qdrant."""
+        waiting = self.sink.stats.waiting()
+        return self.sink.controller.pace().describe(), waiting.describe(time.monotonic()) if waiting else None
+
+    async def set_rate(self, points_per_s: float | None) -> None:
+        """This writer's share of the job's points/s cap (it changes as lanes come and go)."""
+        self.sink.controller.set_rate(points_per_s)
+
+    async def observe_search_p99(self, p99_ms: float | None) -> None:
+        self.sink.controller.observe_search_p99(p99_ms)
 
     async def pid(self) -> int:
         return os.getpid()

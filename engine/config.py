@@ -1,7 +1,7 @@
 """The job configuration: YAML validated by pydantic, then environment, then `--set` overrides.
 
-Precedence, lowest first: schema defaults (engine/tunables.py) < the YAML file < QDRANT_URL / QDRANT_API_KEY <
-`--set key=value`. Every problem surfaces as one `ConfigError` line that names the key and the fix; the API key
+Precedence, lowest first: schema defaults (engine/tunables.py) < the YAML file < QDRANT_URL / QDRANT_API_KEY /
+QDRANT_GRPC_PORT < `--set key=value`. Every problem surfaces as one `ConfigError` line that names the key and the fix; the API key
 never appears in a message, a repr, a log line or a report (`JobConfig.redacted()`).
 """
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ENV_URL = "QDRANT_URL"
 ENV_API_KEY = "QDRANT_API_KEY"
+ENV_GRPC_PORT = "QDRANT_GRPC_PORT"  # QDRANT_URL's port is the REST port; the gRPC one needs its own variable
 _SECRET_KEYS = {"qdrant.api_key"}  # never echoed in a message
 
 Strategy = Literal["auto", "new_collection", "in_place", "side_by_side", "hybrid"]
@@ -323,6 +324,57 @@ def _template_fields(template: str) -> list[str]:
     return fields
 
 
+LayoutQuantization = Literal["keep", "none", "scalar", "binary"]
+
+
+class LayoutConfig(_Section):
+    """A new collection's layout. It copies the source's (shards, replication, sharding method and shard keys,
+    quantization, HNSW, optimizers, WAL, strict mode, payload storage); each key set here overrides one part."""
+
+    shard_number: int | None = _field(
+        None, "Shards of the new collection (per shard key with custom sharding); null = the source's.", ge=1
+    )
+    replication_factor: int | None = _field(None, "Copies of each shard; null = the source's.", ge=1)
+    write_consistency_factor: int | None = _field(
+        None, "Replicas that must apply a write before it is acknowledged; null = the source's.", ge=1
+    )
+    on_disk_payload: bool | None = _field(None, "Keep payloads on disk instead of in RAM; null = the source's.")
+    quantization: LayoutQuantization = _field(
+        "keep",
+        "keep (the source's), none, scalar (int8, 4x smaller in RAM) or binary (32x smaller; for models trained for "
+        "it); applies to every vector of the new collection.",
+    )
+    strict_mode: Literal["keep", "off"] = _field(
+        "keep", "keep (the source's strict-mode limits, rate limits included) or off (none on the new collection)."
+    )
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization_spelling(cls, value: Any) -> Any:
+        # YAML reads a bare `off` / `no` as false and `null` as None: both mean no quantization.
+        if value is None or value is False:
+            return "none"
+        return _canonical(value, typing.get_args(LayoutQuantization), {"off": "none", "disabled": "none",
+                                                                        "int8": "scalar"})
+
+    @field_validator("strict_mode", mode="before")
+    @classmethod
+    def _strict_mode_spelling(cls, value: Any) -> Any:
+        if value is None or value is False:
+            return "off"
+        return _canonical(value, ("keep", "off"), {"none": "off", "disabled": "off"})
+
+    @model_validator(mode="after")
+    def _consistency_within_replicas(self) -> LayoutConfig:
+        rf, wcf = self.replication_factor, self.write_consistency_factor
+        if rf is not None and wcf is not None and wcf > rf:
+            raise _fail_whole(
+                f"target.layout.write_consistency_factor={wcf} is above target.layout.replication_factor={rf}; a "
+                "write cannot wait for more replicas than exist, lower it or raise replication_factor"
+            )
+        return self
+
+
 class TargetConfig(_Section):
     """Where the new vectors go."""
 
@@ -357,6 +409,10 @@ class TargetConfig(_Section):
         "Defer HNSW building for vectors this job creates while it loads them, restore it after and wait for the "
         "collection to turn green (never applied to an existing vector).",
     )
+    layout: LayoutConfig = Field(
+        default_factory=LayoutConfig,
+        description="A new collection's layout: the source's, with these overrides (ignored when writing in place).",
+    )
 
     @field_validator("collection", "alias")
     @classmethod
@@ -382,6 +438,11 @@ class TargetConfig(_Section):
 class ModelConfig(_Section):
     """The new embedding model and how to run it; handed as a plain dict to engine.embed.build_embedder."""
 
+    kind: Literal["dense", "late_interaction"] = _field(
+        "dense",
+        "dense (one vector per text) or late_interaction (ColBERT-style: one vector per token, from a Stanford "
+        "ColBERT or PyLate checkpoint; pooling, matryoshka_dim and prefix do not apply).",
+    )
     name: str = _field(
         "sentence-transformers/all-MiniLM-L6-v2",
         "Hugging Face model id, a local directory, or hash:<dim> / hashed-bow:<dim> (test embedders, no model).",
@@ -458,18 +519,45 @@ class PipelineConfig(_Section):
         ge=tunables.UPLOAD_BATCH_MIN, le=tunables.UPLOAD_BATCH_MAX,
     )
     embed_actors: int | None = _field(
-        None, "Embedding workers; null = one per GPU, or 1 on CPU.", ge=1, le=4096
+        None,
+        "Most lanes (each one embedding actor with its readers and writers, on one node); null = one per GPU of "
+        "every GPU node, or cpu_lanes_per_node per node on a CPU cluster.", ge=1, le=4096
     )
-    upload_actors: int = _field(
-        2, "Upload workers (Qdrant advice: 2-4 streams, about one per server shard).", ge=1, le=256
+    upload_actors: int | None = _field(
+        None, "Writers per lane; null = derived from the node's CPUs (one).", ge=1, le=64
     )
-    scroll_actors: int = _field(2, "Scroll workers.", ge=1, le=256)
+    scroll_actors: int | None = _field(None, "Readers per lane; null = derived from the node's CPUs (one).",
+                                       ge=1, le=64)
+    io_cpus: float | None = _field(
+        None, "CPUs each reader and writer of a lane reserves; null = derived from the node (what the embedding "
+        "actor leaves on a GPU node, a quarter CPU on a CPU lane).", gt=0, le=64,
+    )
+    cpu_lanes_per_node: int = _field(
+        1, "Lanes per node on a cluster without GPUs (each one embedding actor using its share of the node's CPUs).",
+        ge=1, le=256,
+    )
+    streams_per_lane: int = _field(
+        tunables.LANE_STREAMS, "Shards a lane reads at once.",
+        "reads are sequential within a shard; a second shard keeps the lane fed at a shard's end", ge=1, le=64,
+    )
+    min_gpus: int = _field(
+        0, "Wait (asking the autoscaler) until the cluster has this many GPUs before starting; 0 = start on what "
+        "there is, and take GPU nodes as they join.", ge=0, le=100_000,
+    )
+    resource_wait_s: float = _field(
+        tunables.RESOURCE_WAIT_S, "How long min_gpus waits for the cluster before the job stops.", gt=0,
+        le=7 * 86400,
+    )
+    lane_start_timeout_s: float = _field(
+        tunables.LANE_START_TIMEOUT_S, "How long the job waits for its first lane (placement and model load).",
+        "a large model on a cold node takes minutes", gt=0, le=86400,
+    )
     pages_in_flight: int = _field(
-        tunables.PAGES_IN_FLIGHT, "Pages in flight per stage (backpressure bound).",
+        tunables.PAGES_IN_FLIGHT, "Pages in flight per lane stage (backpressure bound).",
         "enough to hide one stage's latency, bounded so memory stays flat", ge=1, le=64,
     )
     upload_requests_in_flight: int = _field(
-        tunables.UPLOAD_REQUESTS_IN_FLIGHT, "Concurrent write requests per upload worker.",
+        tunables.UPLOAD_REQUESTS_IN_FLIGHT, "Concurrent write requests per writer.",
         "2–4 in flight saturate a server", ge=1, le=64,
     )
     max_request_bytes: int = _field(
@@ -484,6 +572,23 @@ class PipelineConfig(_Section):
     embed_gpus_per_actor: float = _field(
         1, "GPUs reserved per embedding worker; a fraction (e.g. 0.5) packs several small-model replicas on one GPU.",
         gt=0, le=8,
+    )
+    max_points_per_s: float | None = _field(
+        None,
+        "Cap on points written per second by the whole job (split across writers); null = no cap, the writers pace "
+        "themselves on the server's refusals and latency alone.",
+        gt=0,
+    )
+    write_latency_target_ms: float | None = _field(
+        tunables.WRITE_LATENCY_TARGET_MS,
+        "Writers send fewer requests at once while a write takes longer than this; null = no latency target.",
+        "a healthy server answers a write in tens of milliseconds", gt=0, le=600_000,
+    )
+    protect_search_p99_ms: float | None = _field(
+        None,
+        "Writers back off while the source collection's search latency p99 (probed with a top-10 query) is above "
+        "this; null = no probe.",
+        gt=0, le=600_000,
     )
 
     @field_validator("embed_gpus_per_actor")
@@ -539,7 +644,8 @@ class CheckpointConfig(_Section):
 
 
 class RetryConfig(_Section):
-    """Retries of one request: exponential backoff with full jitter, bounded by attempts and a deadline."""
+    """Retries of one request: exponential backoff with full jitter, bounded by attempts and a deadline; an outage
+    or a rate limit is waited out within outage_budget_s instead."""
 
     max_attempts: int = _field(tunables.RETRY_MAX_ATTEMPTS, "Attempts per request, the first included.", ge=1, le=100)
     base_delay_s: float = _field(
@@ -548,6 +654,13 @@ class RetryConfig(_Section):
     max_delay_s: float = _field(tunables.RETRY_MAX_DELAY_S, "Cap on one backoff sleep in seconds.", gt=0, le=600)
     deadline_s: float = _field(
         tunables.RETRY_DEADLINE_S, "Give up on one request after this many seconds.", gt=0, le=86400
+    )
+    outage_budget_s: float = _field(
+        tunables.RETRY_OUTAGE_BUDGET_S,
+        "Seconds one request waits out an unreachable or restarting server (UNAVAILABLE, DEADLINE_EXCEEDED) or a "
+        "rate limit (RESOURCE_EXHAUSTED) before the job stops, whatever max_attempts and deadline_s say.",
+        "a rolling restart takes minutes; a week is the longest wait worth keeping a job alive for",
+        gt=0, le=7 * 86400,
     )
 
     @model_validator(mode="after")
@@ -563,13 +676,22 @@ class RetryConfig(_Section):
 class DeadLetterConfig(_Section):
     """Points that cannot be embedded or written are kept, with the cause, instead of stopping the job."""
 
-    dir: str = _field("reembed-runs", "Directory under which each job writes its dead-letter parquet.")
+    dir: str | None = _field(
+        None,
+        "Where each job keeps its run directory (dead letters, verify results, reports): an absolute path every node "
+        "sees, or a URI (s3://, gs://, file://). A relative path is made absolute on the driver. null = beside the "
+        "checkpoint (<checkpoint.uri>/runs with store uri, else ~/reembed-runs on the driver's machine).",
+    )
 
     @field_validator("dir")
     @classmethod
-    def _nonempty(cls, value: str) -> str:
+    def _nonempty(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.strip():
-            raise _fail("is empty; set a directory such as reembed-runs")
+            raise _fail("is empty; set a directory such as /data/reembed-runs, or null")
+        if "://" in value and value.split("://", 1)[0].lower() not in _URI_SCHEMES:
+            raise _fail(f"has an unsupported scheme; use a path or one of {', '.join(_URI_SCHEMES)}")
         return value
 
 
@@ -896,7 +1018,7 @@ def _apply_override(data: dict[str, Any], item: str, origins: dict[str, str]) ->
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str], origins: dict[str, str]) -> None:
-    for var, key in ((ENV_URL, "url"), (ENV_API_KEY, "api_key")):
+    for var, key in ((ENV_URL, "url"), (ENV_API_KEY, "api_key"), (ENV_GRPC_PORT, "grpc_port")):
         value = env.get(var)
         if value:  # an empty variable is a cleared one, not an empty URL
             section = data.get("qdrant")
@@ -904,7 +1026,12 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origins: dict[str, 
                 section = data["qdrant"] = {}
             elif not isinstance(section, dict):
                 continue  # validation reports the malformed section
-            section[key] = value
+            if key == "grpc_port":
+                if not value.strip().isdigit():
+                    raise ConfigError(f"config: {var}={value!r} is not a port number; set it like {var}=6334")
+                section[key] = int(value)
+            else:
+                section[key] = value
             origins[f"qdrant.{key}"] = var
 
 

@@ -6,7 +6,33 @@ UPLOAD_BATCH_MIN, UPLOAD_BATCH_MAX = 64, 256  # the same guidance, enforced on t
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # Qdrant caps requests at 32 MiB; stay well under so headers and retries fit.
 UPLOAD_REQUESTS_IN_FLIGHT = 4  # measured here: 1 in flight halves throughput, 2-4 saturate the server, 8 adds nothing.
 
+# --- write pacing (engine/qdrant/pacing.py) -----------------------------------------------------------------------
+WRITE_LATENCY_TARGET_MS = 2000.0  # a wait=true write of 256 points takes tens of ms on a healthy server (~50 us/point
+# measured here); seconds mean its update queue is backing up behind indexing or other writers: back off.
+PACING_MAX_IN_FLIGHT = 16  # per writer: 2-4 saturate one server (measured here); a sharded cluster spreads a writer's
+# requests over its shards, so allow a few per shard, but no more: more in flight only queues on the server.
+PACING_MIN_IN_FLIGHT = 1  # the floor of the in-flight window; below it a learned points/s rate paces the writer.
+PACING_DECREASE_FACTOR = 0.7  # multiplicative decrease: CUBIC's beta (RFC 9438) keeps ~85 % of a saw-tooth's peak
+# where halving keeps ~75 %; the rate-limit simulation in tests/unit/test_pacing.py holds >= 0.8 of the limit with it.
+PACING_PROBE_COOLDOWN_S = 5.0  # least time between two decreases for a slow source search p99: the rolling p99 needs
+# that long to show the effect of the last decrease, else one slow spell would drive the window to its floor.
+PACING_RATE_INCREASE_PER_S = 0.025  # a refused writer also paces by a learned rate: cut to 0.7 of the refused rate,
+# it climbs back in ~12 s, so even at a few requests per second refusals stay a few percent of requests.
+PACING_RATE_CALM_S = 30.0  # a learned rate past the one that was refused, with no cut for this long: the limit may be
+# gone. Longer than a climb back to the refused rate (~12 s) plus the drain of the tokens saved meanwhile (~12 s).
+PACING_RATE_DOUBLING_S = 5.0  # once calm, the learned rate doubles every 5 s: from the slowest (one request per 10 s)
+# to 100k points/s in about a minute.
+PACING_SLOWEST_REQUEST_INTERVAL_S = 10.0  # the rate is never cut below one request per this long: slow, not stalled.
+PACING_RATE_WINDOW_S = 10.0  # points/s reported for the progress line: long enough to smooth a page's burst of writes.
+PACING_BURST_S = 1.0  # the points/s cap's token bucket holds this long of tokens: a page's requests go out together
+# but the cap holds over any few seconds.
+SEARCH_PROBE_SAMPLES = 100  # the rolling p99 of source searches: the 99th percentile of 100 is the slowest but one.
+SEARCH_PROBE_WINDOW_S = 60.0  # samples older than this are dropped, so the p99 follows the server's current state.
+SEARCH_PROBE_TIMEOUT_S = 5.0  # a probe search slower than this counts as this slow (and a failed one too).
+SEARCH_PROBE_LIMIT = 10  # the probe asks what an application asks: the top 10, no payload.
+
 # --- reads --------------------------------------------------------------------------------------------------------
+GET_BATCH = 256  # ids per Get when points are read by id (a multi-shard source): replies of a few MB at most.
 SCROLL_PAGE = 1024  # measured here: pages of 256 cost Ray ~20 % in per-task overhead; 1024 amortises it.
 SHARDS = 8  # a few parallel streams per the guide; more shards than workers keeps every worker busy at the tail.
 SAMPLE_IDS_PER_SHARD = 32  # sampled ids per shard boundary; enough to balance ranges within a few percent.
@@ -18,12 +44,31 @@ EMBED_ACTOR_CONCURRENCY = 2  # calls per GPU embedding actor: page k+1 is tokeni
 # in about as long as it embeds (estimate: ~25 ms each), so without it tokenization sits on the critical path. Not yet
 # measured on a GPU. CPU actors take one call at a time: there the tokenizer would only take cores from the model.
 
+# --- lanes --------------------------------------------------------------------------------------------------------
+LANE_READERS = 1  # readers per lane: a page read (~10 ms for 1024 points) is far shorter than embedding it on a GPU.
+LANE_WRITERS = 1  # writers per lane: one asyncio writer keeps UPLOAD_REQUESTS_IN_FLIGHT requests going.
+LANE_GPU_EMBED_CPUS = 1.0  # a GPU embedding actor's CPU: tokenisation and the CUDA launch thread.
+LANE_CPU_IO_CPUS = 0.25  # a reader's/writer's reservation on a CPU lane: they mostly wait on the network, and the
+# model's threads use the lane's whole budget (bench/e2e.py: I/O took ~5 % of the machine beside MiniLM on 2 cores).
+LANE_MIN_IO_CPUS = 0.1  # below this a reader or writer would starve on a node whose model keeps every core busy.
+LANE_STREAMS = 2  # leases a lane reads at once: reads are sequential within a lease, a second keeps the lane fed.
+LANE_REPORT_MIN_S = 0.2  # a lane holds its report at least this long after the previous one, so each report carries
+# many pages' acks: the driver's cost is per report (bench/coordinator.py), not per page.
+LANE_START_TIMEOUT_S = 600.0  # a lane's actors placed and its model loaded; a big model on a cold node takes minutes.
+RESOURCE_WAIT_S = 600.0  # pipeline.min_gpus: how long a job waits for the cluster (an autoscaler) to offer them.
+STEAL_MIN_POINTS = 4096  # a range is split for an idle lane only when more than this is left (a few pages).
+SEARCH_PROBE_INTERVAL_S = 1.0  # one probe search a second: enough for a p99 over a minute, one query on the server.
+SPLIT_SAMPLE = 8192  # ids sampled to find split points: resolution of ~1/8192 of the collection per sampled id.
+
 # --- retries ------------------------------------------------------------------------------------------------------
 RETRY_MAX_ATTEMPTS = 8  # with exponential backoff this covers ~30 s of server trouble per request.
 RETRY_BASE_DELAY_S = 0.2  # first backoff; doubled each attempt, full jitter.
 RETRY_MAX_DELAY_S = 10.0  # cap per sleep so a throttled server is re-probed at least this often.
 RETRY_DEADLINE_S = 300.0  # give up on one request after this long, whatever the attempt count.
 RPC_TIMEOUT_S = 60.0  # one RPC; a wait=true upsert of 256 points finishes far sooner on a healthy server.
+RETRY_OUTAGE_BUDGET_S = 900.0  # per request, UNAVAILABLE/DEADLINE_EXCEEDED/rate limits are waited out this long
+# (whatever max_attempts says): a rolling restart of a Qdrant cluster or a node recovering its WAL takes minutes, and a
+# job of days should pause through it, not die; 15 min is long enough for that and short enough to surface a real loss.
 
 # --- embedding ----------------------------------------------------------------------------------------------------
 TOKEN_BUDGET_CPU = 2048  # padded tokens per CPU forward; bench/embed.py here: 1024-4096 within 2 %, 8192 4 % slower.

@@ -7,6 +7,7 @@ import json
 import logging
 
 from engine.app import job as jobs
+from engine.app import wiring
 from engine.migration.cutover import cleanup, drop_vector, rollback, swap
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _store(cfg):
-    client, _ = jobs.connect(cfg)
-    return client, jobs.make_store(cfg, client)
+    client, _ = wiring.connect(cfg)
+    return client, wiring.make_store(cfg, client)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args)
     client, store = _store(cfg)
-    job_id = jobs.job_id_of(cfg)
+    job_id = wiring.job_id_of(cfg)
     state = store.load(job_id)
     if state is None:
         print(json.dumps({"job_id": job_id, "state": "not started"}))
@@ -47,9 +48,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in state.shards:
         status = "done" if s.done else f"at {s.cursor!r}"
         print(f"shard {s.shard:>4} [{s.lo!r}, {s.hi!r}) {status:<24} written {s.written:>10,} skipped {s.skipped:>8,}")
+    lanes = state.lanes
+    for lane in lanes:
+        print(f"lane {lane.lane} on node {lane.node_id[:12]} ({lane.gpus:g} GPU): {lane.points:,} points, "
+              f"{lane.pages_redone} pages redone")
     out = {"job_id": job_id, "state": "finished" if state.finished else "in progress",
            "shards": len(state.shards), "shards_done": sum(s.done for s in state.shards),
-           "points_written": state.written, "points_skipped": state.skipped, "events": state.events}
+           "points_written": state.written, "points_skipped": state.skipped,
+           "lanes": [lane.to_dict() for lane in lanes], "events": [e.to_dict() for e in state.events]}
     print(json.dumps(out, default=str))
     client.close()
     return 0
@@ -58,8 +64,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_swap(args: argparse.Namespace) -> int:
     cfg = _load(args)
     client, store = _store(cfg)
-    event = swap(client, store, jobs.job_id_of(cfg), cfg.target.alias, cfg.source.collection,
-                 jobs.target_collection(cfg), force=args.force)
+    event = swap(client, store, wiring.job_id_of(cfg), cfg.target.alias, cfg.source.collection,
+                 wiring.target_collection(cfg), force=args.force)
     print(json.dumps(event, default=str))
     return 0
 
@@ -67,7 +73,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     cfg = _load(args)
     client, store = _store(cfg)
-    print(json.dumps(rollback(client, store, jobs.job_id_of(cfg), cfg.target.alias, cfg.source.collection),
+    print(json.dumps(rollback(client, store, wiring.job_id_of(cfg), cfg.target.alias, cfg.source.collection),
                      default=str))
     return 0
 
@@ -77,14 +83,14 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     client, store = _store(cfg)
     if args.drop_vector:
         # The collection the job wrote: the source in place, the new collection for side-by-side on old servers.
-        state = store.load(jobs.job_id_of(cfg))
-        collection = ((state.info.get("decision") or {}).get("collection") if state is not None else None) \
-            or jobs.target_collection(cfg)
-        event = drop_vector(client, store, jobs.job_id_of(cfg), collection, args.drop_vector,
+        state = store.load(wiring.job_id_of(cfg))
+        collection = state.decision.collection if state is not None and state.decision is not None \
+            else wiring.target_collection(cfg)
+        event = drop_vector(client, store, wiring.job_id_of(cfg), collection, args.drop_vector,
                             confirm=args.confirm, force=args.force)
         print(json.dumps(event, default=str))
         return 0
-    event = cleanup(client, store, jobs.job_id_of(cfg), cfg.source.collection, jobs.target_collection(cfg),
+    event = cleanup(client, store, wiring.job_id_of(cfg), cfg.source.collection, wiring.target_collection(cfg),
                     confirm=args.confirm, force=args.force)
     print(json.dumps(event, default=str))
     return 0

@@ -11,11 +11,13 @@ import json
 import logging
 import shutil
 import time
+from importlib import resources
 from pathlib import Path
 
 from qdrant_client import grpc as pb
 
 from engine.app import job as jobs
+from engine.app import wiring
 from engine.migration.cutover import swap
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
@@ -23,9 +25,15 @@ from engine.qdrant.connection import Endpoint
 
 log = logging.getLogger(__name__)
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO_CONFIG = "demo.yaml"  # in the package engine.configs (the top-level configs/ folder, shipped in the wheel)
 LEGACY_DIM = 256  # hashed bag-of-words buckets of the "old model"
 SEED_BATCH = 256
+
+
+def demo_config() -> Path:
+    """The demo's job config, from the installed package (a wheel) or the checkout alike."""
+    path = resources.files("engine.configs") / DEMO_CONFIG
+    return Path(str(path))
 
 
 def seed_source(client: QdrantGrpc, collection: str, passages: list[dict], legacy) -> int:
@@ -61,7 +69,7 @@ def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False)
     from engine.app.demo_corpus import demo_queries, stdlib_passages
     from engine.embed import HashedBowEmbedder, build_embedder
     from engine.embedded.process import EmbeddedProcess
-    from engine.verify.verifier import run_verify
+    from engine.app.verify_job import run_verify
 
     t0 = time.monotonic()
     root = Path(data_dir)
@@ -70,7 +78,7 @@ def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False)
     passages = stdlib_passages(limit=limit)
     legacy = HashedBowEmbedder(LEGACY_DIM)
     with EmbeddedProcess(str(root / "qdrant")) as server:
-        cfg = load_config(CONFIG, overrides=[f"qdrant.grpc_port={server.port}", f"dead_letter.dir={root / 'runs'}"])
+        cfg = load_config(demo_config(), overrides=[f"qdrant.grpc_port={server.port}", f"dead_letter.dir={root / 'runs'}"])
         endpoint = Endpoint(host="127.0.0.1", port=server.port)
         client = QdrantGrpc(endpoint)
         n = seed_source(client, cfg.source.collection, passages, legacy)
@@ -78,7 +86,7 @@ def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False)
               f"(stdlib docstrings, legacy {LEGACY_DIM}-d hashed bag-of-words vectors)", flush=True)
 
         summary = jobs.run_job(cfg)
-        target = jobs.target_collection(cfg)
+        target = wiring.target_collection(cfg)
         alias = cfg.target.alias
         # Before the swap the application's alias points at the old collection.
         client.update_aliases([pb.AliasOperations(create_alias=pb.CreateAlias(
@@ -93,7 +101,7 @@ def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False)
         if not result.passed:
             print(f"demo: verify failed; the alias stays on the old collection. Report: {result.report}")
             return 1
-        swap(client, jobs.make_store(cfg, client), summary["job_id"], alias, cfg.source.collection, target)
+        swap(client, wiring.make_store(cfg, client), summary["job_id"], alias, cfg.source.collection, target)
         after = {q: _top(client, alias, model.embed([q])[0], cfg.target.vector_name) for q in queries}
         print(f"\ndemo: alias {alias!r} now points at {target!r}. Same queries through the alias:\n")
         for q in queries:

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from engine.app import job as jobs
+from engine.app import wiring
 from engine.flow import shards as planning
 
 log = logging.getLogger(__name__)
@@ -30,24 +31,14 @@ def calibrate(cfg, client, decision) -> dict[str, Any] | None:
     """Texts/s of the new model on this machine, embedding a sample of the source's texts."""
     if cfg.shortcut.kind != "none":
         return None
-    from engine.qdrant import wire
-
-    points, _ = client.scroll(cfg.source.collection, None, CALIBRATION_TEXTS, with_payload=True)
-    if cfg.source.text_dataset is not None:
-        from engine.flow.text import ExternalTexts
-
-        s = cfg.source
-        found = ExternalTexts(s.text_dataset, s.text_dataset_id_column, s.text_dataset_text_column).lookup(
-            [wire.id_value(p.id) for p in points])
-        texts = [t for t, _ in found.values() if t is not None]
-    else:
-        spec = jobs.text_spec_of(cfg)
-        texts = [t for t, _ in (spec.extract(p.payload) for p in points) if t is not None]
+    spec = wiring.text_spec_of(cfg)
+    points, _ = client.scroll(cfg.source.collection, None, CALIBRATION_TEXTS, with_payload=spec.needs_payload)
+    texts = [t for t, _ in spec.open().texts(points) if t is not None]
     if not texts:
         return None
     from engine.embed.vectorize import build_vectorizer
 
-    vec = build_vectorizer(jobs.vectorizer_spec(cfg, decision, None) or {"dense": cfg.model_spec()})
+    vec = build_vectorizer(jobs.vectorizer_spec(cfg, decision, None))
     vec.embed(texts[:4])  # warm-up: first-call costs are not throughput
     t0 = time.perf_counter()
     vec.embed(texts)
@@ -56,11 +47,12 @@ def calibrate(cfg, client, decision) -> dict[str, Any] | None:
 
 
 def make_plan(cfg, calibration: bool = True) -> dict[str, Any]:
-    client, server = jobs.connect(cfg)
+    client, server = wiring.connect(cfg)
     try:
-        _, total, schema, decision = jobs.probe(cfg, client, server)
+        found = jobs.probe(cfg, client, server)
+        total, schema, decision = found.total, found.schema, found.decision
         boundaries = planning.plan_boundaries(client, cfg.source.collection, cfg.pipeline.shards)
-        out: dict[str, Any] = {"server": server.version, "source": schema.describe(), "decision": decision.as_dict(),
+        out: dict[str, Any] = {"server": server.version, "source": schema.describe(), "decision": decision.to_dict(),
                                "shards": len(boundaries) + 1, "boundaries": [str(b) for b in boundaries]}
         cal = calibrate(cfg, client, decision) if calibration else None
         dim = None
@@ -72,7 +64,8 @@ def make_plan(cfg, calibration: bool = True) -> dict[str, Any]:
         elif cfg.shortcut.kind == "linear_map":
             from engine.migration import shortcuts
 
-            path, report = shortcuts.fit_and_save(cfg, client, jobs.job_id_of(cfg))
+            path, report = shortcuts.fit_and_save(cfg, client, wiring.text_spec_of(cfg).open(),
+                                                  wiring.map_file(cfg, wiring.job_id_of(cfg)))
             out["shortcut"] = {**report, "map_file": path}
             dim = report["new_dim"]
         elif decision.dense_name is not None:
@@ -128,9 +121,10 @@ def cmd_fit_map(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg.shortcut.kind != "linear_map":
         raise ConfigError("fit-map needs shortcut.kind: linear_map in the config")
-    client, _ = jobs.connect(cfg)
+    client, _ = wiring.connect(cfg)
     try:
-        path, report = shortcuts.fit_and_save(cfg, client, jobs.job_id_of(cfg))
+        path, report = shortcuts.fit_and_save(cfg, client, wiring.text_spec_of(cfg).open(),
+                                              wiring.map_file(cfg, wiring.job_id_of(cfg)))
     finally:
         client.close()
     print(json.dumps({**report, "map_file": path}, sort_keys=True))

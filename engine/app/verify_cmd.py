@@ -22,7 +22,7 @@ def _sample(text: str) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from engine.verify.verifier import run_verify
+    from engine.app.verify_job import run_verify
 
     cfg = _load(args)
     result = run_verify(cfg, sample=args.sample, eval_file=args.eval)
@@ -36,22 +36,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from engine.app import job as jobs
+    from engine.app import wiring
     from engine.errors import PreconditionError
     from engine.verify.report import write_report
 
     cfg = _load(args)
-    client, _ = jobs.connect(cfg)
+    client, _ = wiring.connect(cfg)
     try:
-        store = jobs.make_store(cfg, client)
-        job_id = jobs.job_id_of(cfg)
+        store = wiring.make_store(cfg, client)
+        job_id = wiring.job_id_of(cfg)
         state = store.load(job_id)
     finally:
         client.close()
     if state is None:
         raise PreconditionError(f"no checkpoint for job {job_id} ({store.describe()}); run `reembed run --config ...` "
                                 "first")
-    path = write_report(cfg, state)
+    path = write_report(cfg, state, wiring.run_dir(cfg, job_id))
     print(f"report: {path}", flush=True)
     return 0
 

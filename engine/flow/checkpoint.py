@@ -1,8 +1,9 @@
-"""Checkpoints: where each shard's cursor stands, and the ordered-commit rule that moves it.
+"""Checkpoints: the job's state kept where a resubmitted job finds it, the fingerprint that refuses an
+incompatible resume, and a background saver so the coordinator never waits on a save.
 
-A shard's cursor moves only past pages whose writes were acknowledged with wait=true, in sequence order, so a crash
-at any instant loses nothing: everything before the cursor is in the target, and everything after it is read again
-(writes are idempotent, so re-reading the pages that were in flight duplicates nothing).
+A shard's cursor moves only past pages whose writes were acknowledged with wait=true, in order (engine/flow/lease.py),
+so a crash at any instant loses nothing: everything before a saved cursor is in the target, and everything after it
+is read again (writes are idempotent, so re-reading the pages that were in flight duplicates nothing).
 
 Stores: by default a small collection in the target Qdrant (a job resubmitted on a new head node finds it there);
 alternatively a JSON object at a path or URI through pyarrow.fs (local, s3://, gs://).
@@ -16,62 +17,18 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from qdrant_client import grpc as pb
 
 from engine.errors import CheckpointMismatch, ConfigError
+from engine.flow.state import JobState, ShardState
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 _NAMESPACE = uuid.UUID("5b0c7d4e-8a57-4e55-9c1d-2f3c1e0b9a11")
-
-
-@dataclass
-class ShardState:
-    shard: int
-    lo: wire.PointIdValue | None  # inclusive; None = the start of the collection
-    hi: wire.PointIdValue | None  # exclusive; None = the end of the collection
-    cursor: wire.PointIdValue | None  # where reading resumes; None = at lo
-    done: bool = False
-    written: int = 0
-    skipped: int = 0
-    pages: int = 0
-
-
-@dataclass
-class JobState:
-    job_id: str
-    fingerprint: str
-    boundaries: list[wire.PointIdValue]
-    shards: list[ShardState]
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-    finished: bool = False
-    info: dict[str, Any] = field(default_factory=dict)  # strategy, source, target, model provenance (no secrets)
-    events: list[dict[str, Any]] = field(default_factory=list)  # cutover / cleanup / forced actions, for the record
-    version: int = STATE_VERSION
-
-    @property
-    def written(self) -> int:
-        return sum(s.written for s in self.shards)
-
-    @property
-    def skipped(self) -> int:
-        return sum(s.skipped for s in self.shards)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "JobState":
-        data = json.loads(text)
-        data["shards"] = [ShardState(**s) for s in data["shards"]]
-        return cls(**data)
 
 
 def fingerprint(parts: dict[str, Any]) -> str:
@@ -88,43 +45,14 @@ def check_resume(state: JobState, expected: str, differences: str = "") -> None:
         )
 
 
-class OrderedCommit:
-    """Per-shard ordered commit: pages may finish in any order, the cursor only moves over a gap-free prefix."""
-
-    def __init__(self, state: ShardState, first_seq: int = 0) -> None:
-        self.state = state
-        self.next_seq = first_seq
-        self._acked: dict[int, tuple[wire.PointIdValue | None, int, int]] = {}
-
-    def ack(self, seq: int, next_offset: wire.PointIdValue | None, written: int, skipped: int) -> bool:
-        """Record an acknowledged page; returns True when the cursor moved."""
-        if seq < self.next_seq:
-            return False  # a page redone after a retry whose first attempt was already committed
-        self._acked[seq] = (next_offset, written, skipped)
-        moved = False
-        while self.next_seq in self._acked:
-            nxt, w, s = self._acked.pop(self.next_seq)
-            self.state.written += w
-            self.state.skipped += s
-            self.state.pages += 1
-            self.state.cursor = nxt
-            if nxt is None:
-                self.state.done = True
-            self.next_seq += 1
-            moved = True
-        return moved
-
-    @property
-    def pending(self) -> int:
-        return len(self._acked)
-
-
 class CheckpointStore(Protocol):
     def load(self, job_id: str) -> JobState | None: ...
 
     def save(self, state: JobState) -> None: ...
 
-    def save_text(self, job_id: str, text: str) -> None: ...
+    def save_snapshot(self, job_id: str, data: dict[str, Any]) -> None:
+        """Save a state snapshot (JobState.to_dict()); a store may write only what changed since its last save."""
+        ...
 
     def delete(self, job_id: str) -> None: ...
 
@@ -142,7 +70,7 @@ class BackgroundSaver:
     def __init__(self, store: "CheckpointStore", job_id: str) -> None:
         self.store, self.job_id = store, job_id
         self._cond = threading.Condition()
-        self._pending: str | None = None
+        self._pending: dict[str, Any] | None = None
         self._busy = False
         self._error: BaseException | None = None
         self._closed = False
@@ -151,10 +79,10 @@ class BackgroundSaver:
 
     def submit(self, state: JobState) -> None:
         state.updated_at = time.time()
-        text = state.to_json()  # snapshot now: the coordinator keeps mutating the state
+        snapshot = state.to_dict()  # copied now: the coordinator keeps mutating the state
         with self._cond:
             self._raise()
-            self._pending = text
+            self._pending = snapshot
             self._cond.notify()
 
     def _raise(self) -> None:
@@ -169,9 +97,9 @@ class BackgroundSaver:
                     self._cond.wait()
                 if self._pending is None:
                     return
-                text, self._pending, self._busy = self._pending, None, True
+                snapshot, self._pending, self._busy = self._pending, None, True
             try:
-                self.store.save_text(self.job_id, text)
+                self.store.save_snapshot(self.job_id, snapshot)
             except BaseException as exc:  # noqa: BLE001 - handed to the coordinator, which stops the job
                 with self._cond:
                     self._error = exc
@@ -195,12 +123,23 @@ class BackgroundSaver:
 
 
 class QdrantCheckpointStore:
-    """One point per job in a tiny collection of the target server; the state is a JSON string in its payload."""
+    """The job's state in a tiny collection of the target server, so a job resubmitted from a new head node finds it.
+
+    One header point per job (everything but the shards) and one point per shard, each a JSON string in its payload;
+    a save writes only the points whose content changed since the store's last save, so a job of thousands of
+    shards writes a few per second, not its whole state. Shards are independent records: a save interrupted half
+    way leaves each shard at its old or its new cursor, both safe to resume from. New shards (split off a lane's
+    range) are written before the shard they were split from is shortened, so no id range is ever in none.
+
+    A job saved by version 1 (one point holding the whole state) still loads."""
+
+    HEADER, SHARD = "header", "shard"
 
     def __init__(self, client: QdrantGrpc, collection: str) -> None:
         self.client = client
         self.collection = collection
         self._ready = False
+        self._saved: dict[str, dict[str, str]] = {}  # job -> point id -> the JSON last written there
 
     def describe(self) -> str:
         return f"qdrant collection {self.collection!r} at {self.client.endpoint.address}"
@@ -208,6 +147,10 @@ class QdrantCheckpointStore:
     @staticmethod
     def point_id(job_id: str) -> str:
         return str(uuid.uuid5(_NAMESPACE, job_id))
+
+    @staticmethod
+    def shard_point_id(job_id: str, shard: int) -> str:
+        return str(uuid.uuid5(_NAMESPACE, f"{job_id}/shard/{shard}"))
 
     def _ensure(self) -> None:
         if self._ready:
@@ -221,35 +164,87 @@ class QdrantCheckpointStore:
             except Exception:  # noqa: BLE001 - another driver may have created it first
                 if not self.client.collection_exists(self.collection):
                     raise
+            # A job's points are found by job id: indexed, so a server in strict mode (no unindexed filtering)
+            # allows the filter too.
+            self.client.create_field_index(self.collection, "job_id", pb.FieldType.FieldTypeKeyword)
         self._ready = True
+
+    def _job_points(self, job_id: str) -> list[pb.RetrievedPoint]:
+        flt = pb.Filter(must=[pb.Condition(field=pb.FieldCondition(
+            key="job_id", match=pb.Match(keyword=job_id)))])
+        out: list[pb.RetrievedPoint] = []
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, offset, 1024, with_payload=True, flt=flt)
+            out.extend(points)
+            if offset is None:
+                return out
 
     def load(self, job_id: str) -> JobState | None:
         if not self.client.collection_exists(self.collection):
             return None
         self._ready = True
-        points = self.client.get(self.collection, [self.point_id(job_id)], with_payload=True)
-        if not points:
+        header = self.client.get(self.collection, [self.point_id(job_id)], with_payload=True)
+        if not header:
             return None
-        raw = values.payload_to_python(points[0].payload).get("state")
-        return JobState.from_json(raw) if raw else None
+        head = values.payload_to_python(header[0].payload)
+        if head.get("kind") != self.HEADER:  # version 1: the whole state in one point
+            return JobState.from_json(head["state"]) if head.get("state") else None
+        data = json.loads(head["state"])
+        shards: dict[int, dict[str, Any]] = {}
+        for p in self._job_points(job_id):
+            body = values.payload_to_python(p.payload)
+            if body.get("kind") == self.SHARD:
+                shards[int(body["shard"])] = json.loads(body["state"])
+        data["shards"] = [shards[i] for i in sorted(shards)]
+        self._saved[job_id] = {}  # the next save writes everything once: the loader may not be the last writer
+        return JobState.from_dict(data)
 
     def save(self, state: JobState) -> None:
         state.updated_at = time.time()
-        self.save_text(state.job_id, state.to_json())
+        self.save_snapshot(state.job_id, state.to_dict())
+
+    def _point(self, pid: str, payload: dict[str, Any]) -> bytes:
+        point = pb.PointStruct(id=wire.point_id(pid), payload=values.payload_from_python(payload))
+        point.vectors.vector.dense.data.append(1.0)
+        return point.SerializeToString()
+
+    def save_snapshot(self, job_id: str, data: dict[str, Any]) -> None:
+        self._ensure()
+        saved = self._saved.setdefault(job_id, {})
+        head = {k: v for k, v in data.items() if k != "shards"}
+        head["shard_count"] = len(data["shards"])
+        new_shards, changed = [], []
+        for s in data["shards"]:
+            pid = self.shard_point_id(job_id, int(s["shard"]))
+            text = json.dumps(s, sort_keys=True)
+            if saved.get(pid) != text:
+                (changed if pid in saved else new_shards).append((pid, text, int(s["shard"])))
+        head_text = json.dumps(head, sort_keys=True, default=str)
+        head_pid = self.point_id(job_id)
+        groups = [new_shards, changed + ([(head_pid, head_text, -1)] if saved.get(head_pid) != head_text else [])]
+        for group in groups:
+            if not group:
+                continue
+            blobs = [self._point(pid, {"job_id": job_id, "kind": self.HEADER if shard < 0 else self.SHARD,
+                                       "shard": shard, "state": text}) for pid, text, shard in group]
+            for a, b in wire.split_by_size(blobs, 256, 8 * 1024 * 1024):
+                self.client.upsert_raw(wire.upsert_request(self.collection, blobs[a:b], wait=True, insert_only=False),
+                                       f"save checkpoint of job {job_id}")
+            for pid, text, _ in group:
+                saved[pid] = text
 
     def save_text(self, job_id: str, text: str) -> None:
-        self._ensure()
-        point = pb.PointStruct(
-            id=wire.point_id(self.point_id(job_id)),
-            payload=values.payload_from_python({"job_id": job_id, "state": text}),
-        )
-        point.vectors.vector.dense.data.append(1.0)
-        req = wire.upsert_request(self.collection, [point.SerializeToString()], wait=True, insert_only=False)
-        self.client.upsert_raw(req, f"save checkpoint of job {job_id}")
+        self.save_snapshot(job_id, json.loads(text))
 
     def delete(self, job_id: str) -> None:
-        if self.client.collection_exists(self.collection):
-            self.client.delete_points(self.collection, [self.point_id(job_id)])
+        if not self.client.collection_exists(self.collection):
+            return
+        ids = [wire.id_value(p.id) for p in self._job_points(job_id)]
+        for i in range(0, len(ids), 1024):
+            self.client.delete_points(self.collection, ids[i:i + 1024])
+        self.client.delete_points(self.collection, [self.point_id(job_id)])  # a version-1 point has no job filter
+        self._saved.pop(job_id, None)
 
 
 class UriCheckpointStore:
@@ -283,6 +278,10 @@ class UriCheckpointStore:
     def save(self, state: JobState) -> None:
         state.updated_at = time.time()
         self.save_text(state.job_id, state.to_json())
+
+    def save_snapshot(self, job_id: str, data: dict[str, Any]) -> None:
+        # Object stores replace whole objects, so the whole state is written each time.
+        self.save_text(job_id, json.dumps(data, sort_keys=True))
 
     def save_text(self, job_id: str, text: str) -> None:
         tmp = self._path(job_id) + ".tmp"

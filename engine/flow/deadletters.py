@@ -1,34 +1,45 @@
-"""Dead letters: points that could not get a new vector (no usable text, too large for any request), with the
-reason, in Parquet. Never silently dropped.
+"""Dead letters: points that could not get a new vector (no usable text, too large for any request, deleted while
+the job ran), with the reason, in Parquet. Never silently dropped.
 
-Each page's dead letters go to a part file named after the page's shard and start, so a page redone after a crash
-rewrites its own part instead of adding duplicates; `finish` merges the parts into one file, one row per id.
+Each page's dead letters go to a part file named after the page's shard and start, written by whichever lane
+handled the page (the run directory is a path every node sees, or a URI), so a page redone after a crash rewrites
+its own part instead of adding duplicates. `finish` merges each shard's parts (and what an earlier run of the job
+left for that shard) into one file per shard with pyarrow.dataset, one row per id; the `dead_letters/` folder is
+then one Parquet dataset. Memory is bounded by one shard's dead letters, never by the collection.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
-from typing import Any
+import io
+import re
+from collections import defaultdict
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.flow.page import PageMeta
+from engine.flow.rundir import RunDir
 from engine.qdrant.wire import PointIdValue
 
 SCHEMA = pa.schema([("id", pa.string()), ("id_type", pa.string()), ("shard", pa.int32()), ("reason", pa.string())])
+PARTS = "dead-letter-parts"
+MERGED = "dead_letters"
+_PART = re.compile(r"s(-?\d+)-[0-9a-f]+\.parquet$")
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
 
 
 class DeadLetters:
-    def __init__(self, root: str | os.PathLike, job_id: str) -> None:
-        self.dir = Path(root) / job_id
-        self.parts = self.dir / "dead-letter-parts"
-        self.path = self.dir / "dead_letters.parquet"
+    def __init__(self, root: str, job_id: str) -> None:
+        self.dir = RunDir(root, job_id)
 
     def record(self, shard: int, dead: list[tuple[PointIdValue, str]], meta: PageMeta) -> None:
-        self.parts.mkdir(parents=True, exist_ok=True)
         key = hashlib.sha1(repr((shard, meta.start)).encode()).hexdigest()[:16]
         table = pa.table(
             {
@@ -39,33 +50,49 @@ class DeadLetters:
             },
             schema=SCHEMA,
         )
-        tmp = self.parts / f".s{shard}-{key}.parquet.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.parts / f"s{shard}-{key}.parquet")
+        self.dir.write_bytes(f"{PARTS}/s{shard}-{key}.parquet", _table_bytes(table))
 
     def finish(self) -> tuple[str | None, int]:
-        """Merge the parts; returns (path or None when there were none, number of distinct dead ids)."""
-        if not self.parts.exists():
-            return (str(self.path), self.count()) if self.path.exists() else (None, 0)
-        rows: dict[str, dict[str, Any]] = {}
-        tables = [pq.read_table(p) for p in sorted(self.parts.glob("*.parquet"))]
-        if self.path.exists():
-            tables.insert(0, pq.read_table(self.path))
-        for table in tables:
-            for row in table.to_pylist():
-                seen = rows.get(row["id"])
-                if seen is None:
-                    rows[row["id"]] = row
-                elif row["reason"] not in seen["reason"].split("; "):
-                    seen["reason"] += "; " + row["reason"]
-        merged = pa.Table.from_pylist(sorted(rows.values(), key=lambda r: (r["id_type"], r["id"])), schema=SCHEMA)
-        tmp = self.path.with_suffix(".tmp")
-        pq.write_table(merged, tmp)
-        os.replace(tmp, self.path)
-        for p in self.parts.glob("*.parquet"):
-            p.unlink()
-        self.parts.rmdir()
-        return str(self.path), merged.num_rows
+        """Merge the parts, per shard; returns (the dead-letter dataset's path, or None when there are none, and the
+        number of distinct dead ids)."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for path in self.dir.list(PARTS, ".parquet"):
+            match = _PART.search(path)
+            if match:
+                by_shard[int(match.group(1))].append(path)
+        for shard, parts in sorted(by_shard.items()):
+            name = f"{MERGED}/shard-{shard:05d}.parquet" if shard >= 0 else f"{MERGED}/catch-up.parquet"
+            sources = ([self.dir.join(name)] if self.dir.exists(name) else []) + parts
+            merged = _merge(pa.concat_tables([pq.read_table(p, filesystem=self.dir.fs) for p in sources]))
+            self.dir.write_bytes(name, _table_bytes(merged))
+            for p in parts:
+                self.dir.delete(p)
+        if not self.dir.list(PARTS):
+            self.dir.delete_dir(PARTS)
+        if not self.dir.exists(MERGED):
+            return None, 0
+        return self.dir.display(MERGED), self.count()
 
     def count(self) -> int:
-        return pq.read_metadata(self.path).num_rows if self.path.exists() else 0
+        if not self.dir.exists(MERGED):
+            return 0
+        return int(self.dir.dataset(MERGED).count_rows())
+
+
+def _merge(table: pa.Table) -> pa.Table:
+    """One row per id; the reasons of its rows joined, each once, in the order met."""
+    if table.num_rows == 0:
+        return table.cast(SCHEMA)
+    grouped = table.group_by(["id", "id_type", "shard"], use_threads=False).aggregate([("reason", "list")])
+    reasons = []
+    for row in grouped.column("reason_list").to_pylist():
+        seen: list[str] = []
+        for part in row:
+            for reason in str(part).split("; "):
+                if reason not in seen:
+                    seen.append(reason)
+        reasons.append("; ".join(seen))
+    out = pa.table({"id": grouped.column("id"), "id_type": grouped.column("id_type"),
+                    "shard": grouped.column("shard"), "reason": pa.array(reasons, pa.string())}, schema=SCHEMA)
+    order = pc.sort_indices(out, sort_keys=[("id_type", "ascending"), ("id", "ascending")])
+    return out.take(order)

@@ -23,6 +23,8 @@ class PageMeta:
     n_texts: int
     dead: list[tuple[PointIdValue, str]] = field(default_factory=list)  # points without usable text, with reason
     retries: dict[str, int] = field(default_factory=dict)  # RPC retries by cause while reading this page
+    tally: dict[str, int] = field(default_factory=dict)  # what a reader that does more than read counted (catch-up)
+    unread: int = 0  # dead letters the page body does not carry (points too large to read): skipped all the same
 
     @property
     def exhausted(self) -> bool:
@@ -36,6 +38,9 @@ class PageBody:
     ids: list[PointIdValue]
     blobs: list[bytes]
     text_index: list[int]  # positions in ids/blobs of points whose text was embedded, in the order of `texts`
+    shard_key: str | int | None = None  # custom sharding: the key the page was read from and is written to
+    overwrite: list[int] = field(default_factory=list)  # positions written as plain upserts (catch-up: the source
+    # changed after the backfill), not insert_only
 
 
 @dataclass
@@ -47,3 +52,4 @@ class WriteAck:
     dead: list[tuple[PointIdValue, str]] = field(default_factory=list)  # points the writer could not write at all
     requests: int = 0
     retries: dict[str, int] = field(default_factory=dict)
+    already_present: int = 0  # points that carried the new vector before this write (asked for on redos only)

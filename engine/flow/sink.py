@@ -20,12 +20,12 @@ from engine import tunables
 from engine.errors import PointNotFound
 from engine.flow.page import PageBody, WriteAck
 from engine.qdrant import retry, wire
-from engine.qdrant.connection import Endpoint
+from engine.qdrant.pacing import PacingSettings, WriteController
+from engine.qdrant.connection import MAX_MESSAGE_BYTES, Endpoint
 from engine.embed.vectorset import VectorSet
 
 log = logging.getLogger(__name__)
 
-QDRANT_MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the server's max_request_size_mb default
 VANISHED = "deleted from the collection while the job ran (UpdateVectors: not found); nothing to re-embed"
 
 
@@ -39,6 +39,7 @@ class SinkSpec:
     max_request_bytes: int = tunables.MAX_REQUEST_BYTES
     requests_in_flight: int = tunables.UPLOAD_REQUESTS_IN_FLIGHT
     wait: bool = True  # ordered commit needs "applied", not "in the WAL"
+    pacing: PacingSettings | None = None  # None: requests_in_flight at a fixed pace
 
 
 class QdrantSink:
@@ -47,8 +48,12 @@ class QdrantSink:
         self.spec = spec
         self.policy = policy or retry.RetryPolicy()
         self._channel = None
-        self._sem: asyncio.Semaphore | None = None
         self._method = "/qdrant.Points/Upsert" if spec.mode == "insert_only" else "/qdrant.Points/UpdateVectors"
+        pacing = spec.pacing or PacingSettings(initial_in_flight=spec.requests_in_flight,
+                                               min_in_flight=min(spec.requests_in_flight, 1),
+                                               max_in_flight=spec.requests_in_flight, target_latency_ms=None)
+        self.controller = WriteController(pacing)
+        self.stats = retry.RetryStats()  # the writer's: who is waiting for Qdrant now, across its pages
 
     def _ensure_channel(self):
         # Created lazily inside the running event loop: grpc.aio channels bind to the loop that made them.
@@ -58,7 +63,6 @@ class QdrantSink:
                 self._method, request_serializer=None,
                 response_deserializer=pb.PointsOperationResponse.FromString,
             )
-            self._sem = asyncio.Semaphore(self.spec.requests_in_flight)
         return self._call
 
     async def close(self) -> None:
@@ -95,6 +99,12 @@ class QdrantSink:
     def encode(self, body: PageBody, vectors: np.ndarray | VectorSet | None
                ) -> tuple[list[wire.PointIdValue], list[bytes]]:
         """Serialised points (PointStruct or PointVectors) in page order, with the new vectors where there are."""
+        _, ids, out = self._encode(body, vectors)
+        return ids, out
+
+    def _encode(self, body: PageBody, vectors: np.ndarray | VectorSet | None
+                ) -> tuple[list[int], list[wire.PointIdValue], list[bytes]]:
+        positions: list[int] = []
         ids: list[wire.PointIdValue] = []
         out: list[bytes] = []
         if self.spec.mode == "insert_only":
@@ -104,45 +114,57 @@ class QdrantSink:
                 vec = fields.get(pos)
                 if vec is None and unnamed:
                     continue  # an unnamed-vector collection cannot hold a point without a vector; it is dead-lettered
+                positions.append(pos)
                 ids.append(body.ids[pos])
                 # Two `vectors` fields merge on the wire: copied old vectors (in the blob) plus the new ones.
                 out.append(blob + (vec if vec is not None else wire.EMPTY_NAMED_VECTORS))
         else:
             for pos, vec in self._vector_fields(body, vectors, 2).items():
                 pid = wire.point_id(body.ids[pos]).SerializeToString()
+                positions.append(pos)
                 ids.append(body.ids[pos])
                 out.append(wire.point_vectors_raw(pid, vec))
-        return ids, out
+        return positions, ids, out
 
-    def _request(self, points: Sequence[bytes]) -> bytes:
+    def _request(self, points: Sequence[bytes], shard_key: wire.ShardKeyValue | None, overwrite: bool) -> bytes:
         if self.spec.mode == "insert_only":
-            return wire.upsert_request(self.spec.collection, points, wait=self.spec.wait, insert_only=True)
-        return wire.update_vectors_request(self.spec.collection, points, wait=self.spec.wait)
+            return wire.upsert_request(self.spec.collection, points, wait=self.spec.wait, insert_only=not overwrite,
+                                       shard_key=shard_key)
+        return wire.update_vectors_request(self.spec.collection, points, wait=self.spec.wait, shard_key=shard_key)
 
-    async def _send(self, request: bytes, what: str, stats: retry.RetryStats) -> None:
+    async def _send(self, request: bytes, points: int, what: str, stats: retry.RetryStats) -> None:
         call = self._ensure_channel()
         md = self.endpoint.metadata()
         timeout = self.endpoint.timeout_s
-        assert self._sem is not None
-        async with self._sem:
-            await retry.call_async(
-                lambda: call(request, metadata=md, timeout=timeout),
-                what=what, address=self.endpoint.address, policy=self.policy, stats=stats,
-            )
+
+        async def applied() -> None:
+            reply = await call(request, metadata=md, timeout=timeout)
+            if self.spec.wait and reply.result.status != pb.UpdateStatus.Completed:
+                # The ordered commit may move a cursor only past writes the server has applied; an answer that
+                # says anything else (Acknowledged: in the WAL only) is an unknown outcome, so the write is sent
+                # again (it is idempotent).
+                raise retry.UnknownOutcome(
+                    f"the server answered {pb.UpdateStatus.Name(reply.result.status)}, not Completed, to a wait=true "
+                    "write")
+
+        async with self.controller.slot(points=points) as slot:
+            await retry.call_async(applied, what=what, address=self.endpoint.address, policy=self.policy,
+                                   stats=stats, on_retry=slot.on_retry)
 
     async def _send_points(self, ids: list[wire.PointIdValue], points: list[bytes], what: str,
-                           stats: retry.RetryStats) -> list[tuple[wire.PointIdValue, str]]:
+                           stats: retry.RetryStats, shard_key: wire.ShardKeyValue | None,
+                           overwrite: bool = False) -> list[tuple[wire.PointIdValue, str]]:
         """Send one request. In place, the application may delete points while the job runs; Qdrant then refuses
         the whole UpdateVectors request: the points still there are sent again and the vanished ones returned."""
         vanished: list[tuple[wire.PointIdValue, str]] = []
         while points:
             try:
-                await self._send(self._request(points), what, stats)
+                await self._send(self._request(points, shard_key, overwrite), len(points), what, stats)
                 break
             except PointNotFound:
                 if self.spec.mode != "update_vectors":
                     raise
-                present = await self._existing(ids, what, stats)
+                present = await self._existing(ids, what, stats, shard_key)
                 gone = [k for k, pid in enumerate(ids) if pid not in present]
                 if not gone:
                     raise  # the server names a point that is there: not a deletion we can route around
@@ -153,36 +175,70 @@ class QdrantSink:
             log.info("%s: %d point(s) deleted by the application meanwhile, left out", what, len(vanished))
         return vanished
 
-    async def _existing(self, ids: list[wire.PointIdValue], what: str,
-                        stats: retry.RetryStats) -> set[wire.PointIdValue]:
-        """Which of `ids` the collection holds now (ids only: no payload, no vectors)."""
+    def _get(self):
         assert self._channel is not None
-        get = self._channel.unary_unary("/qdrant.Points/Get", request_serializer=pb.GetPoints.SerializeToString,
-                                        response_deserializer=pb.GetResponse.FromString)
+        return self._channel.unary_unary("/qdrant.Points/Get", request_serializer=pb.GetPoints.SerializeToString,
+                                         response_deserializer=pb.GetResponse.FromString)
+
+    async def _lookup(self, ids: list[wire.PointIdValue], what: str, stats: retry.RetryStats,
+                      shard_key: wire.ShardKeyValue | None, vector: str | None) -> list[pb.RetrievedPoint]:
+        """The points of `ids` the collection holds now: ids only, or with the one vector `vector`."""
+        self._ensure_channel()
+        get = self._get()
         req = pb.GetPoints(collection_name=self.spec.collection, ids=[wire.point_id(i) for i in ids])
         req.with_payload.enable = False
-        req.with_vectors.enable = False
+        if vector is None:
+            req.with_vectors.enable = False
+        elif vector == "":
+            req.with_vectors.enable = True
+        else:
+            req.with_vectors.include.names.append(vector)
+        if shard_key is not None:
+            req.shard_key_selector.CopyFrom(wire.shard_key_selector(shard_key))
         md, timeout = self.endpoint.metadata(), self.endpoint.timeout_s
         reply = await retry.call_async(lambda: get(req, metadata=md, timeout=timeout), what=f"look up {what}",
                                        address=self.endpoint.address, policy=self.policy, stats=stats)
-        return {wire.id_value(p.id) for p in reply.result}
+        return list(reply.result)
 
-    async def write(self, shard: int, seq: int, body: PageBody, vectors: np.ndarray | VectorSet | None) -> WriteAck:
-        ids, points = self.encode(body, vectors)
+    async def _existing(self, ids: list[wire.PointIdValue], what: str, stats: retry.RetryStats,
+                        shard_key: wire.ShardKeyValue | None) -> set[wire.PointIdValue]:
+        """Which of `ids` the collection holds now (ids only: no payload, no vectors)."""
+        return {wire.id_value(p.id) for p in await self._lookup(ids, what, stats, shard_key, None)}
+
+    async def count_present(self, body: PageBody, stats: retry.RetryStats) -> int:
+        """How many of the page's points with a new vector already carry it in the target: what a redo of a page
+        whose earlier write may have been applied writes a second time."""
+        ids = [body.ids[pos] for pos in body.text_index]
+        if not ids:
+            return 0
+        name = self.spec.vector_name if self.spec.vector_name or not self.spec.sparse_name else self.spec.sparse_name
+        found = await self._lookup(ids, "points already written", stats, body.shard_key, name)
+        return sum(1 for p in found if p.HasField("vectors") and _has_vector(p.vectors, name))
+
+    async def write(self, shard: int, seq: int, body: PageBody, vectors: np.ndarray | VectorSet | None,
+                    check_present: bool = False) -> WriteAck:
+        stats = retry.RetryStats(parent=self.stats)  # per page, so the coordinator can add them up
+        already = await self.count_present(body, stats) if check_present else 0
+        positions, ids, points = self._encode(body, vectors)
         written = len(body.text_index)
         skipped = len(body.ids) - written
         dead: list[tuple[wire.PointIdValue, str]] = []
-        limit = QDRANT_MAX_REQUEST_BYTES - 64 * 1024  # headroom for the request header and framing
-        ranges = wire.split_by_size(points, self.spec.upload_batch, self.spec.max_request_bytes)
+        # What our own channel can send: Qdrant's gRPC service sets no limit of its own (its 32 MiB cap is REST's),
+        # and a point that came through a scroll reply fits in one message.
+        limit = MAX_MESSAGE_BYTES - 64 * 1024  # headroom for the request header and framing
+        overwrite = set(body.overwrite)
+        groups = [[k for k, pos in enumerate(positions) if (pos in overwrite) == flag] for flag in (False, True)]
         sends = []
-        stats = retry.RetryStats()  # per page, so the coordinator can add them up
-        for a, b in ranges:
-            if b - a == 1 and len(points[a]) > limit:
-                # One point alone exceeds what any Qdrant server accepts: record it, never crash the job.
-                dead.append((ids[a], f"point is {len(points[a])} bytes, over the 32 MiB request limit"))
-                continue
-            what = f"write {b - a} points to {self.spec.collection!r} (shard {shard}, page {seq})"
-            sends.append(self._send_points(ids[a:b], points[a:b], what, stats))
+        for flag, members in zip((False, True), groups):
+            g_ids, g_points = [ids[k] for k in members], [points[k] for k in members]
+            for a, b in wire.split_by_size(g_points, self.spec.upload_batch, self.spec.max_request_bytes):
+                if b - a == 1 and len(g_points[a]) > limit:
+                    # One point alone exceeds what can be sent: record it, never crash the job.
+                    dead.append((g_ids[a], f"point is {len(g_points[a])} bytes, over the gRPC message limit "
+                                           f"({MAX_MESSAGE_BYTES} bytes)"))
+                    continue
+                what = f"write {b - a} points to {self.spec.collection!r} (shard {shard}, page {seq})"
+                sends.append(self._send_points(g_ids[a:b], g_points[a:b], what, stats, body.shard_key, flag))
         for vanished in await asyncio.gather(*sends):
             dead += vanished
         if dead:
@@ -192,4 +248,10 @@ class QdrantSink:
             written -= lost_written  # a text point that could not be written at all becomes a dead letter
             skipped += lost_written
         return WriteAck(shard=shard, seq=seq, written=written, skipped=skipped, dead=dead,
-                        requests=len(sends), retries=stats.snapshot())
+                        requests=len(sends), retries=stats.snapshot(), already_present=already)
+
+
+def _has_vector(vectors: pb.VectorsOutput, name: str) -> bool:
+    if name == "":
+        return vectors.HasField("vector")
+    return name in vectors.vectors.vectors

@@ -2,104 +2,115 @@
 
 Scroll is not a snapshot: points written behind a shard's cursor are missed, points deleted after they were copied
 linger, and texts changed after they were embedded are stale. The rule is simple and safe to repeat: the target
-mirrors the source's payload. Walking both collections in id order (payload only, no vectors):
+mirrors the source's payload. Each page walks one id span of both collections (payloads only, no vectors) and
+compares payload digests:
   - in the source, not in the target        -> embed and insert (`insert_only`: a concurrent application write wins)
   - in both, payload differs                -> the source changed after the backfill: embed and overwrite
-  - in the target, not in the source        -> deleted in the source: delete from the target
+  - in the target, not in the source        -> deleted in the source: deleted from the target
   - in both, payload equal                  -> untouched; this is every point the application dual-wrote itself
+
+`CatchUpSource` is a reader like the backfill's: the job runs it per shard on the lanes, so the diff of a 100M-point
+collection is spread over the cluster and the changed texts are embedded on the lanes' GPUs. Deleting a point the
+source no longer has is idempotent, so a page redone after a loss is harmless.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from qdrant_client import grpc as pb
 
-from engine.verify.checker import iterate, merge_by_id
+from engine.flow.page import PageBody, PageMeta
+from engine.flow.text import TextSource, TextSpec
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
-from engine.qdrant.values import TextSpec, payload_to_python
+from engine.qdrant.scan import merge_by_id
+from engine.qdrant.values import payload_digest, payload_to_python
 
 log = logging.getLogger(__name__)
 
-BATCH = 128  # Qdrant guidance: 64-256 points per request
+TALLY_KEYS = ("inserted", "updated", "deleted", "unchanged")
 
 
-@dataclass
-class CatchUpResult:
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    unchanged: int = 0
-    dead: list[tuple[wire.PointIdValue, str]] = field(default_factory=list)
+@dataclass(frozen=True)
+class CatchUpSpec:
+    """What a catch-up reader compares, as plain data (it crosses into the lanes' reader actors)."""
 
-    def as_dict(self) -> dict:
-        return {"inserted": self.inserted, "updated": self.updated, "deleted": self.deleted,
-                "unchanged": self.unchanged, "dead_letters": len(self.dead)}
+    source: str
+    target: str
+    text: TextSpec
+
+    def open(self, client: QdrantGrpc) -> "CatchUpSource":
+        return CatchUpSource(client, self.source, self.target, self.text.open())
 
 
-class _Writer:
-    def __init__(self, client: QdrantGrpc, collection: str, vector_name: str, embedder, text: TextSpec,
-                 result: CatchUpResult) -> None:
-        self.client, self.collection, self.vector_name = client, collection, vector_name
-        self.embedder, self.text, self.result = embedder, text, result
-        self.pending: dict[bool, list[pb.RetrievedPoint]] = {True: [], False: []}  # insert_only -> points
+class CatchUpSource:
+    """A Source whose pages hold only the points that must be (re)written, deleting the ones the source lost."""
 
-    def add(self, point: pb.RetrievedPoint, insert_only: bool) -> None:
-        self.pending[insert_only].append(point)
-        if len(self.pending[insert_only]) >= BATCH:
-            self.flush(insert_only)
+    def __init__(self, client: QdrantGrpc, source: str, target: str, text: TextSource) -> None:
+        self.client, self.source, self.target, self.text = client, source, target, text
 
-    def flush(self, insert_only: bool) -> None:
-        points = self.pending[insert_only]
-        if not points:
-            return
-        extracted = [self.text.extract(p.payload) for p in points]
-        texts = [t for t, _ in extracted if t is not None]
-        vectors = self.embedder.embed(texts) if texts else []
-        blobs, row = [], 0
-        for p, (txt, reason) in zip(points, extracted):
-            base = pb.PointStruct(id=p.id, payload=p.payload).SerializeToString()
-            if txt is None:
-                self.result.dead.append((wire.id_value(p.id), reason or "no text"))
-                if not self.vector_name:
-                    continue
-                blobs.append(base + wire.EMPTY_NAMED_VECTORS)
+    def _span(self, collection: str, start: wire.PointIdValue | None, stop: wire.PointIdValue | None,
+              limit: int | None, shard_key: wire.ShardKeyValue | None
+              ) -> tuple[list[pb.RetrievedPoint], wire.PointIdValue | None]:
+        """Points of [start, stop) in id order — the first `limit` of them, or all — and where the next begins."""
+        stop_key = wire.id_key(stop) if stop is not None else None
+        out: list[pb.RetrievedPoint] = []
+        offset = start
+        while True:
+            want = min(1024, limit - len(out)) if limit is not None else 1024
+            points, nxt = self.client.scroll(collection, offset, want, with_payload=True, shard_key=shard_key)
+            for p in points:
+                if stop_key is not None and wire.id_key(wire.id_value(p.id)) >= stop_key:
+                    return out, None
+                out.append(p)
+            if nxt is None or (stop_key is not None and wire.id_key(nxt) >= stop_key):
+                return out, None
+            if limit is not None and len(out) >= limit:
+                return out, nxt
+            offset = nxt
+
+    def read_page(self, shard: int, seq: int, start: wire.PointIdValue | None, stop: wire.PointIdValue | None,
+                  limit: int, to_stop: bool = False, shard_key: wire.ShardKeyValue | None = None
+                  ) -> tuple[PageMeta, list[Any], PageBody]:
+        src, nxt = self._span(self.source, start, stop, None if to_stop else limit, shard_key)
+        # The target over the same id span: from `start` up to where the source page ends.
+        tgt, _ = self._span(self.target, start, nxt if nxt is not None else stop, None, shard_key)
+        tally = dict.fromkeys(TALLY_KEYS, 0)
+        writes: list[pb.RetrievedPoint] = []
+        overwrite: list[int] = []
+        doomed: list[wire.PointIdValue] = []
+        for s, t in merge_by_id(iter(src), iter(tgt)):
+            if t is None:
+                assert s is not None
+                writes.append(s)
+                tally["inserted"] += 1
+            elif s is None:
+                doomed.append(wire.id_value(t.id))
+            elif payload_digest(payload_to_python(s.payload)) != payload_digest(payload_to_python(t.payload)):
+                overwrite.append(len(writes))
+                writes.append(s)
+                tally["updated"] += 1
             else:
-                vec = wire.dense_vector(wire.f32_bytes(vectors[row]))
-                row += 1
-                blobs.append(base + wire.vectors_field({self.vector_name: vec}))
-        if blobs:
-            self.client.upsert_raw(wire.upsert_request(self.collection, blobs, wait=True, insert_only=insert_only),
-                                   f"catch-up write of {len(blobs)} points to {self.collection!r}")
-        self.pending[insert_only] = []
-
-
-def catch_up(client: QdrantGrpc, source: str, target: str, vector_name: str, text: TextSpec,
-             embedder) -> CatchUpResult:
-    result = CatchUpResult()
-    writer = _Writer(client, target, vector_name, embedder, text, result)
-    doomed: list[wire.PointIdValue] = []
-    for s, t in merge_by_id(iterate(client, source), iterate(client, target)):
-        if t is None:
-            writer.add(s, insert_only=True)
-            result.inserted += 1
-        elif s is None:
-            doomed.append(wire.id_value(t.id))
-            if len(doomed) >= BATCH:
-                client.delete_points(target, doomed)
-                result.deleted += len(doomed)
-                doomed = []
-        elif payload_to_python(s.payload) != payload_to_python(t.payload):
-            writer.add(s, insert_only=False)
-            result.updated += 1
-        else:
-            result.unchanged += 1
-    writer.flush(True)
-    writer.flush(False)
-    if doomed:
-        client.delete_points(target, doomed)
-        result.deleted += len(doomed)
-    log.info("catch-up %s -> %s: %s", source, target, result.as_dict())
-    return result
+                tally["unchanged"] += 1
+        if doomed:
+            self.client.delete_points(self.target, doomed, shard_key=shard_key)
+            tally["deleted"] = len(doomed)
+        texts = self.text.texts(writes)
+        inputs: list[Any] = []
+        text_index: list[int] = []
+        dead: list[tuple[wire.PointIdValue, str]] = []
+        for pos, (p, (text, reason)) in enumerate(zip(writes, texts)):
+            if reason is None:
+                text_index.append(pos)
+                inputs.append(text)
+            else:
+                dead.append((wire.id_value(p.id), reason or "no text"))
+        ids = [wire.id_value(p.id) for p in writes]
+        blobs = [wire.point_struct_from_retrieved(p.SerializeToString()) for p in writes]
+        meta = PageMeta(shard=shard, seq=seq, start=start, next_offset=nxt, n_points=len(writes),
+                        n_texts=len(inputs), dead=dead, tally=tally)
+        return meta, inputs, PageBody(ids=ids, blobs=blobs, text_index=text_index, shard_key=shard_key,
+                                      overwrite=overwrite)

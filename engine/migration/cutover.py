@@ -1,8 +1,15 @@
-"""Blue-green cutover: point the alias at the new collection in one atomic UpdateAliases request, point it back,
-and delete the old collection only when asked to and only when nothing points at it.
+"""Blue-green cutover: point the alias at the new collection with one create-alias action, point it back, and delete
+the old collection only when asked to and only when nothing points at it.
 
-The gate: `swap` and `cleanup` refuse unless the latest `reembed verify` of the job passed (state.info["verify"]);
-`force` overrides, and the event records that it was forced and what the latest verify said."""
+Qdrant applies the actions of one UpdateAliases request one by one and saves each (update_aliases in
+lib/storage/src/content_manager/toc/collection_meta_ops.rs, AliasPersistence::insert/remove in
+lib/storage/src/content_manager/alias_mapping.rs of the qdrant repository): a [delete, create] pair whose create
+fails (the target gone, a name clash) leaves the application without its alias. A single `create_alias` replaces
+an existing alias of that name in one step (`insert` into the alias map overwrites and saves), so that is the only
+action sent; the alias is then read back to confirm where it points.
+
+The gate: `swap` and `cleanup` refuse unless the latest `reembed verify` of the job passed (the state's verify
+summary); `force` overrides, and the event records that it was forced and what the latest verify said."""
 
 from __future__ import annotations
 
@@ -11,7 +18,8 @@ import time
 
 from qdrant_client import grpc as pb
 
-from engine.flow.checkpoint import CheckpointStore, JobState
+from engine.flow.checkpoint import CheckpointStore
+from engine.flow.state import JobState
 from engine.errors import PreconditionError
 from engine.qdrant.client import QdrantGrpc
 
@@ -30,9 +38,8 @@ def _finished_state(store: CheckpointStore, job_id: str, what: str) -> JobState:
 
 def verify_gate(state: JobState, what: str, force: bool) -> dict | None:
     """The latest verify of the job if it passed; else refuse, unless forced. Returns what the event records."""
-    latest = state.info.get("verify")
-    seen = None if latest is None else {"passed": bool(latest.get("passed")), "at": latest.get("at"),
-                                        "failed": list(latest.get("failed") or [])}
+    latest = state.verify
+    seen = None if latest is None else {"passed": bool(latest.passed), "at": latest.at, "failed": list(latest.failed)}
     if seen is not None and seen["passed"]:
         return seen
     if force:
@@ -44,27 +51,37 @@ def verify_gate(state: JobState, what: str, force: bool) -> dict | None:
             f"{what} refused: job {state.job_id} has not been verified; run `reembed verify --config ...` "
             "(or add --force to override; it is recorded)"
         )
+    assert latest is not None
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen["at"])) if seen["at"] else "?"
     raise PreconditionError(
         f"{what} refused: the latest verify of job {state.job_id} ({when}) failed: {', '.join(seen['failed'])}; "
-        f"fix the target and run `reembed verify` again (see {latest.get('report') or 'its output'}), or add "
+        f"fix the target and run `reembed verify` again (see {latest.report or 'its output'}), or add "
         "--force to override (recorded)"
     )
 
 
 def point_alias(client: QdrantGrpc, alias: str, collection: str) -> str | None:
-    """Atomically (re)point `alias` at `collection`; returns the collection it pointed at before, if any."""
+    """(Re)point `alias` at `collection` with one create-alias action; returns the collection it pointed at before.
+
+    One action, never [delete, create]: Qdrant saves each action on its own, so a failed create after a delete
+    would leave the application's alias gone. The alias is read back afterwards: if it does not point at
+    `collection`, the cutover is reported as failed with where it points."""
     if client.collection_exists(alias) and alias not in client.list_aliases():
         raise PreconditionError(
             f"{alias!r} is a collection, not an alias, so it cannot be switched; point the application at an alias "
             "(set target.alias to a new name) and switch that"
         )
+    if not client.collection_exists(collection):
+        raise PreconditionError(f"collection {collection!r} does not exist; the alias {alias!r} was left as it was")
     before = client.list_aliases().get(alias)
-    actions = []
-    if before is not None:
-        actions.append(pb.AliasOperations(delete_alias=pb.DeleteAlias(alias_name=alias)))
-    actions.append(pb.AliasOperations(create_alias=pb.CreateAlias(collection_name=collection, alias_name=alias)))
-    client.update_aliases(actions)  # one request: Qdrant applies its actions atomically
+    client.update_aliases([pb.AliasOperations(create_alias=pb.CreateAlias(collection_name=collection,
+                                                                           alias_name=alias))])
+    now = client.list_aliases().get(alias)
+    if now != collection:
+        raise PreconditionError(
+            f"alias {alias!r} points at {now!r} after the switch, not {collection!r}; check the server's aliases "
+            "(reembed status) and run the command again"
+        )
     return before
 
 
@@ -75,12 +92,11 @@ def swap(client: QdrantGrpc, store: CheckpointStore, job_id: str, alias: str | N
     state = _finished_state(store, job_id, "swap")
     verified = verify_gate(state, "swap", force)
     before = point_alias(client, alias, target)
-    event = {"action": "swap", "alias": alias, "from": before or source, "to": target, "at": time.time(),
-             "forced": force, "verify": verified}
-    state.events.append(event)
+    event = state.add_event("swap", alias=alias, **{"from": before or source, "to": target}, forced=force,
+                            verify=verified)
     store.save(state)
     log.info("alias %s now points at %s (was %s)", alias, target, before)
-    return event
+    return event.to_dict()
 
 
 def rollback(client: QdrantGrpc, store: CheckpointStore, job_id: str, alias: str | None, source: str) -> dict:
@@ -94,11 +110,10 @@ def rollback(client: QdrantGrpc, store: CheckpointStore, job_id: str, alias: str
             f"cannot roll back: source collection {source!r} no longer exists (cleanup already deleted it)"
         )
     before = point_alias(client, alias, source)
-    event = {"action": "rollback", "alias": alias, "from": before, "to": source, "at": time.time()}
-    state.events.append(event)
+    event = state.add_event("rollback", alias=alias, **{"from": before, "to": source})
     store.save(state)
     log.info("alias %s points back at %s", alias, source)
-    return event
+    return event.to_dict()
 
 
 def cleanup(client: QdrantGrpc, store: CheckpointStore, job_id: str, source: str, target: str,
@@ -122,10 +137,9 @@ def cleanup(client: QdrantGrpc, store: CheckpointStore, job_id: str, source: str
     verified = verify_gate(state, "cleanup", force)
     if client.collection_exists(source):
         client.delete_collection(source)
-    event = {"action": "cleanup", "deleted": source, "at": time.time(), "forced": force, "verify": verified}
-    state.events.append(event)
+    event = state.add_event("cleanup", deleted=source, forced=force, verify=verified)
     store.save(state)
-    return event
+    return event.to_dict()
 
 
 def drop_vector(client: QdrantGrpc, store: CheckpointStore, job_id: str, collection: str, vector: str,
@@ -140,8 +154,7 @@ def drop_vector(client: QdrantGrpc, store: CheckpointStore, job_id: str, collect
             "add --confirm to proceed"
         )
     state = _finished_state(store, job_id, "cleanup")
-    decision = state.info.get("decision") or {}
-    written = {decision.get("dense_vector"), decision.get("sparse_vector")} - {None}
+    written = set(state.decision.new_vectors) if state.decision is not None else set()
     if vector in written:
         raise PreconditionError(
             f"vector {vector!r} is the one this job wrote; --drop-vector takes the OLD vector's name"
@@ -151,7 +164,7 @@ def drop_vector(client: QdrantGrpc, store: CheckpointStore, job_id: str, collect
         raise PreconditionError(f"collection {collection!r} does not exist; nothing to drop")
     schema = SourceSchema.from_info(collection, info, 0)
     if vector not in schema.dense and vector not in schema.sparse:
-        if vector in (state.info.get("dropped_vectors") or []):
+        if vector in state.dropped_vectors:
             return {"action": "drop_vector", "collection": collection, "vector": vector, "already": True}
         raise PreconditionError(
             f"{collection!r} has no vector named {vector!r} (vectors: {', '.join(schema.names()) or 'none'}); "
@@ -167,10 +180,8 @@ def drop_vector(client: QdrantGrpc, store: CheckpointStore, job_id: str, collect
         )
     verified = verify_gate(state, "cleanup", force)
     client.delete_vector_name(collection, vector)
-    event = {"action": "drop_vector", "collection": collection, "vector": vector, "at": time.time(),
-             "forced": force, "verify": verified}
-    state.info["dropped_vectors"] = sorted({*(state.info.get("dropped_vectors") or []), vector})
-    state.events.append(event)
+    state.dropped_vectors = sorted({*state.dropped_vectors, vector})
+    event = state.add_event("drop_vector", collection=collection, vector=vector, forced=force, verify=verified)
     store.save(state)
     log.info("dropped vector %s from %s", vector, collection)
-    return event
+    return event.to_dict()

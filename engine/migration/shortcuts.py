@@ -22,7 +22,8 @@ from engine.embed.base import truncate_and_normalize
 from engine.errors import PreconditionError
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
-from engine.flow.source import dense_row, stored_vectors
+from engine.flow.text import TextSource
+from engine.qdrant.points import dense_row, stored_vectors
 
 log = logging.getLogger(__name__)
 
@@ -69,40 +70,31 @@ def apply_map(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return y + b if b is not None else y
 
 
-def _sample(cfg, client: QdrantGrpc, n: int, with_text: bool) -> tuple[list, np.ndarray, list[str]]:
-    """Up to n random points with a stored old vector (and text): ids, old vectors, texts."""
+def _sample(cfg, client: QdrantGrpc, n: int, text: TextSource | None) -> tuple[list, np.ndarray, list[str]]:
+    """Up to n random points with a stored old vector (and, with a text source, usable text): ids, old vectors,
+    texts."""
     src, name = cfg.source.collection, cfg.source.vector_name or ""
     ids = client.sample_ids(src, n)
     ids = sorted(set(ids), key=wire.id_key)[:n]
     points = []
     for i in range(0, len(ids), 256):
-        points.extend(client.get(src, ids[i:i + 256], with_payload=with_text,
+        points.extend(client.get(src, ids[i:i + 256], with_payload=text is not None and text.needs_payload,
                                  with_vectors=True if name == "" else [name]))
     texts_by_id: dict = {}
-    if with_text:
-        pids = [wire.id_value(p.id) for p in points]
-        if cfg.source.text_dataset is not None:
-            from engine.flow.text import ExternalTexts
-
-            s = cfg.source
-            ext = ExternalTexts(s.text_dataset, s.text_dataset_id_column, s.text_dataset_text_column)
-            texts_by_id = {pid: t for pid, (t, _) in ext.lookup(pids).items()}
-        else:
-            from engine.app.job import text_spec_of
-
-            spec = text_spec_of(cfg)
-            texts_by_id = {pid: spec.extract(p.payload)[0] for pid, p in zip(pids, points)}
+    if text is not None:
+        texts_by_id = {wire.id_value(p.id): t for p, (t, _) in zip(points, text.texts(points))}
+    with_text = text is not None
     out_ids, rows, texts = [], [], []
     for p in points:
         pid = wire.id_value(p.id)
         vec = stored_vectors(p).get(name)
         row = dense_row(vec) if vec is not None else None
-        text = texts_by_id.get(pid) if with_text else ""
-        if row is None or text is None:
+        found = texts_by_id.get(pid) if with_text else ""
+        if row is None or found is None:
             continue
         out_ids.append(pid)
         rows.append(row)
-        texts.append(text)
+        texts.append(found)
     if not rows:
         raise PreconditionError(
             f"no sampled point of {src!r} has both a stored {name or '(unnamed)'!r} vector"
@@ -111,10 +103,11 @@ def _sample(cfg, client: QdrantGrpc, n: int, with_text: bool) -> tuple[list, np.
     return out_ids, np.stack(rows), texts
 
 
-def learn_linear_map(cfg, client: QdrantGrpc, embedder=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def learn_linear_map(cfg, client: QdrantGrpc, text: TextSource,
+                     embedder=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Sample, embed with the new model, fit on the training part, measure on the held-out part."""
     sc = cfg.shortcut
-    _, old, texts = _sample(cfg, client, sc.sample, with_text=True)
+    _, old, texts = _sample(cfg, client, sc.sample, text)
     if embedder is None:
         from engine.embed import build_embedder
 
@@ -147,7 +140,7 @@ def learn_linear_map(cfg, client: QdrantGrpc, embedder=None) -> tuple[np.ndarray
 
 def measure_matryoshka(cfg, client: QdrantGrpc) -> dict:
     """recall@10 of truncated stored vectors against the full stored vectors, on a sample (no model needed)."""
-    _, old, _ = _sample(cfg, client, min(cfg.shortcut.sample, 2000), with_text=False)
+    _, old, _ = _sample(cfg, client, min(cfg.shortcut.sample, 2000), None)
     full = _unit(old)
     cut = truncate_and_normalize(old, cfg.shortcut.dim, True)
     # Queries truncated the same way: a Matryoshka model asked for `dim` dimensions gives the prefix.
@@ -162,8 +155,6 @@ def measure_matryoshka(cfg, client: QdrantGrpc) -> dict:
             "recall_at_10": round(overlap / (k * n), 4) if n > 1 else None}
 
 
-def map_path(cfg, job_id: str) -> str:
-    return cfg.shortcut.map_file or os.path.join(cfg.dead_letter.dir, job_id, "linear_map.npz")
 
 
 def _map_key(cfg) -> dict:
@@ -197,19 +188,19 @@ def digest(w: np.ndarray, b: np.ndarray | None) -> str:
     return h.hexdigest()[:16]
 
 
-def fit_and_save(cfg, client: QdrantGrpc, job_id: str) -> tuple[str, dict]:
-    w, b, report = learn_linear_map(cfg, client)
-    path = save_map(map_path(cfg, job_id), w, b, report, _map_key(cfg))
+def fit_and_save(cfg, client: QdrantGrpc, text: TextSource, map_file: str) -> tuple[str, dict]:
+    w, b, report = learn_linear_map(cfg, client, text)
+    path = save_map(map_file, w, b, report, _map_key(cfg))
     return path, report
 
 
-def runtime_spec(cfg, client: QdrantGrpc, schema, job_id: str) -> dict[str, Any]:
+def runtime_spec(cfg, client: QdrantGrpc, schema, text: TextSource, map_file: str) -> dict[str, Any]:
     """The vectorizer's shortcut spec; a linear map is loaded from shortcut.map_file when it was learned for this
     source, vector, model and method, else learned now (and saved, so a resumed job applies the same map)."""
     sc = cfg.shortcut
     if sc.kind == "matryoshka":
         return {"kind": "matryoshka", "dim": sc.dim, "normalize": sc.normalize}
-    path = map_path(cfg, job_id)
+    path = map_file
     loaded = load_map(path)
     if loaded is not None and loaded[2].get("key") != _map_key(cfg):
         if cfg.shortcut.map_file is not None:
@@ -219,7 +210,7 @@ def runtime_spec(cfg, client: QdrantGrpc, schema, job_id: str) -> dict[str, Any]
             )
         loaded = None
     if loaded is None:
-        path, report = fit_and_save(cfg, client, job_id)
+        path, report = fit_and_save(cfg, client, text, map_file)
         loaded = load_map(path)
         assert loaded is not None
         log.info("learned the linear map on %d points (recall@10 %.3f held out); saved to %s", report["sample"],

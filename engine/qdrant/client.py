@@ -8,18 +8,23 @@ every Qdrant server speaks) and so every call goes through one retry policy with
 from __future__ import annotations
 
 import logging
+import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
 from qdrant_client import grpc as pb
 
-from engine.errors import NotFound, PreconditionError
+from engine.errors import NotFound, PreconditionError, QdrantRequestError
 from engine.qdrant import retry, wire
 from engine.qdrant.connection import Endpoint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# What a server without Query's random sampling answers (Query is 1.10+, sample=random 1.11+).
+_SAMPLING_MISSING = re.compile(r"\((UNIMPLEMENTED|INVALID_ARGUMENT)[:)]")
+RESERVOIR_SEED = 7  # the fallback sample is reproducible, so a re-planned job cuts the same boundaries
 
 
 @dataclass(frozen=True)
@@ -129,12 +134,27 @@ class QdrantGrpc:
             req.field_index_params.CopyFrom(params)
         self._call(f"create payload index {field!r} on {collection!r}", self.points.CreateFieldIndex, req)
 
+    def list_shard_keys(self, collection: str) -> list[wire.ShardKeyValue]:
+        """The shard keys of a custom-sharded collection (Collections.ListShardKeys, Qdrant >= 1.17)."""
+        reply = self._call(f"list shard keys of {collection!r}", self.collections.ListShardKeys,
+                           pb.ListShardKeysRequest(collection_name=collection))
+        return [d.key.keyword if d.key.WhichOneof("key") == "keyword" else int(d.key.number) for d in reply.shard_keys]
+
+    def create_shard_key(self, request: pb.CreateShardKeyRequest) -> None:
+        key = request.request.shard_key
+        name = key.keyword if key.WhichOneof("key") == "keyword" else key.number
+        self._call(f"create shard key {name!r} on {request.collection_name!r}", self.collections.CreateShardKey,
+                   request)
+
     # --- points ---------------------------------------------------------------------------------------------------
     def scroll(self, collection: str, offset: wire.PointIdValue | None, limit: int, *,
                with_payload: bool | pb.WithPayloadSelector = True,
                with_vectors: bool | pb.WithVectorsSelector = False,
-               flt: pb.Filter | None = None) -> tuple[list[pb.RetrievedPoint], wire.PointIdValue | None]:
+               flt: pb.Filter | None = None, shard_key: wire.ShardKeyValue | None = None,
+               ) -> tuple[list[pb.RetrievedPoint], wire.PointIdValue | None]:
         req = pb.ScrollPoints(collection_name=collection, limit=limit)
+        if shard_key is not None:
+            req.shard_key_selector.CopyFrom(wire.shard_key_selector(shard_key))
         if offset is not None:
             req.offset.CopyFrom(wire.point_id(offset))
         if isinstance(with_payload, bool):
@@ -158,8 +178,11 @@ class QdrantGrpc:
         return int(self._call(f"count {collection!r}", self.points.Count, req).result.count)
 
     def get(self, collection: str, ids: Sequence[wire.PointIdValue], *, with_payload: bool = True,
-            with_vectors: bool | Sequence[str] = False) -> list[pb.RetrievedPoint]:
+            with_vectors: bool | Sequence[str] = False,
+            shard_key: wire.ShardKeyValue | None = None) -> list[pb.RetrievedPoint]:
         req = pb.GetPoints(collection_name=collection, ids=[wire.point_id(i) for i in ids])
+        if shard_key is not None:
+            req.shard_key_selector.CopyFrom(wire.shard_key_selector(shard_key))
         req.with_payload.enable = with_payload
         if isinstance(with_vectors, bool):
             req.with_vectors.enable = with_vectors
@@ -167,24 +190,38 @@ class QdrantGrpc:
             req.with_vectors.include.names.extend(with_vectors)
         return list(self._call(f"get points from {collection!r}", self.points.Get, req).result)
 
-    def sample_ids(self, collection: str, n: int) -> list[wire.PointIdValue]:
+    def sample_ids(self, collection: str, n: int,
+                   shard_key: wire.ShardKeyValue | None = None) -> list[wire.PointIdValue]:
         """About n random point ids (Query sample=random, Qdrant >= 1.11); falls back to reading every id."""
         req = pb.QueryPoints(collection_name=collection, limit=n, query=pb.Query(sample=pb.Sample.Random))
         req.with_payload.enable = False
+        if shard_key is not None:
+            req.shard_key_selector.CopyFrom(wire.shard_key_selector(shard_key))
         try:
             reply = self._call(f"sample ids of {collection!r}", self.points.Query, req)
             return [wire.id_value(p.id) for p in reply.result]
-        except PreconditionError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - an old server without random sampling
-            log.info("random sampling unavailable (%s); reading all ids of %s to plan shards", exc, collection)
-        ids: list[wire.PointIdValue] = []
+        except QdrantRequestError as exc:
+            if not _SAMPLING_MISSING.search(str(exc)):
+                raise
+            log.info("random sampling unavailable (%s); sampling ids of %s while scrolling them", exc, collection)
+        # A server without random sampling: one id-only pass, keeping a uniform reservoir of n ids, so memory stays
+        # at n ids whatever the collection's size.
+        rng = random.Random(RESERVOIR_SEED)
+        kept: list[wire.PointIdValue] = []
+        seen = 0
         offset = None
         while True:
-            page, offset = self.scroll(collection, offset, 10_000, with_payload=False)
-            ids.extend(wire.id_value(p.id) for p in page)
+            page, offset = self.scroll(collection, offset, 10_000, with_payload=False, shard_key=shard_key)
+            for p in page:
+                seen += 1
+                if len(kept) < n:
+                    kept.append(wire.id_value(p.id))
+                else:
+                    j = rng.randrange(seen)
+                    if j < n:
+                        kept[j] = wire.id_value(p.id)
             if offset is None:
-                return ids
+                return kept
 
     def upsert_raw(self, request: bytes, what: str) -> None:
         """A pre-serialised UpsertPoints (engine.qdrant.wire); the caller guarantees it is safe to repeat."""
@@ -193,9 +230,12 @@ class QdrantGrpc:
     def update_vectors_raw(self, request: bytes, what: str) -> None:
         self._call(what, self._raw_update_vectors, request)
 
-    def delete_points(self, collection: str, ids: Sequence[wire.PointIdValue], wait: bool = True) -> None:
+    def delete_points(self, collection: str, ids: Sequence[wire.PointIdValue], wait: bool = True,
+                      shard_key: wire.ShardKeyValue | None = None) -> None:
         req = pb.DeletePoints(collection_name=collection, wait=wait,
                               points=pb.PointsSelector(points=pb.PointsIdsList(ids=[wire.point_id(i) for i in ids])))
+        if shard_key is not None:
+            req.shard_key_selector.CopyFrom(wire.shard_key_selector(shard_key))
         self._call(f"delete points from {collection!r}", self.points.Delete, req)
 
     def search(self, collection: str, vector, *, using: str | None = None, limit: int = 10, exact: bool = False,

@@ -14,12 +14,12 @@ import grpc
 
 from engine.errors import ConfigError
 
-# 64 MiB both ways: Qdrant itself accepts up to 32 MiB per request; replies to large scrolls can be bigger than gRPC's
-# 4 MiB default.
-_MAX_MESSAGE = 64 * 1024 * 1024
+# 64 MiB both ways: replies to large scrolls can be bigger than gRPC's 4 MiB default, and Qdrant's gRPC service sets
+# no decoding limit of its own (src/tonic/mod.rs in the qdrant repository; the 32 MiB cap is REST's).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _CHANNEL_OPTIONS = (
-    ("grpc.max_send_message_length", _MAX_MESSAGE),
-    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     # Keepalive so a long job notices a dead server/LB connection instead of hanging on a half-open socket.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),

@@ -1,4 +1,4 @@
-"""Qdrant's protobuf `Value` (json_with_int.proto) to and from plain Python, and text extraction from payloads.
+"""Qdrant's protobuf `Value` (json_with_int.proto) to and from plain Python, and dot-path lookup in payloads.
 
 The converters are tuned for the embedded endpoint's hot paths (every scrolled point's payload passes through
 `fill_payload`, every upserted point's through `payload_to_python`): they dispatch on exact types and fill messages
@@ -9,8 +9,8 @@ and converts only the text it embeds.
 
 from __future__ import annotations
 
-import re
-import string
+import hashlib
+import json
 from typing import Any, Mapping, MutableMapping
 
 from qdrant_client import grpc as pb
@@ -133,61 +133,7 @@ def lookup(payload: Mapping[str, pb.Value], path: str) -> pb.Value | None:
     return value
 
 
-class TextSpec:
-    """How a point's text is found: one payload field (dot path) or a template over several ("{title}\\n\\n{body}").
-
-    `extract` returns (text, None) or (None, reason) so that points without usable text are dead-lettered with a
-    cause instead of being dropped.
-    """
-
-    _FIELD = re.compile(r"^[^{}]+$")
-
-    def __init__(self, field: str | None = None, template: str | None = None) -> None:
-        if (field is None) == (template is None):
-            raise ValueError("exactly one of field or template")
-        self.field = field
-        self.template = template
-        self.fields: list[str] = []
-        if template is not None:
-            self.fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
-
-    def describe(self) -> str:
-        return f"field:{self.field}" if self.field is not None else f"template:{self.template}"
-
-    @staticmethod
-    def _string(value: pb.Value | None, name: str) -> tuple[str | None, str | None]:
-        if value is None:
-            return None, f"missing field '{name}'"
-        kind = value.WhichOneof("kind")
-        if kind != "string_value":
-            shown = "null" if kind in (None, "null_value") else kind
-            return None, f"field '{name}' is {shown}, not a string"
-        return value.string_value, None
-
-    def extract(self, payload: Mapping[str, pb.Value]) -> tuple[str | None, str | None]:
-        if self.field is not None:
-            text, reason = self._string(lookup(payload, self.field), self.field)
-        else:
-            values: dict[str, str] = {}
-            for name in self.fields:
-                part, reason = self._string(lookup(payload, name), name)
-                if reason is not None:
-                    return None, reason
-                values[name] = part  # type: ignore[assignment]
-            text = _format(self.template or "", values)
-            reason = None
-        if reason is not None:
-            return None, reason
-        if not text or not text.strip():
-            return None, "empty text"
-        return text, None
-
-
-def _format(template: str, values: Mapping[str, str]) -> str:
-    # str.format would read "a.b" as attribute access; substitute the literal field names instead.
-    out = []
-    for literal, name, _spec, _conv in string.Formatter().parse(template):
-        out.append(literal)
-        if name:
-            out.append(values[name])
-    return "".join(out)
+def payload_digest(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of a (plain Python) payload as canonical JSON, sorted keys: equal digests mean equal payloads."""
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -14,7 +14,7 @@ vectors=2}.
 from __future__ import annotations
 
 import uuid
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 from qdrant_client import grpc as pb
@@ -175,14 +175,26 @@ def id_key(pid: PointIdValue) -> tuple[int, int]:
     return (1, uuid.UUID(pid).int)
 
 
-def upsert_request(collection: str, points: Iterable[bytes], *, wait: bool = True, insert_only: bool = True) -> bytes:
+ShardKeyValue = Union[str, int]
+
+
+def shard_key_selector(key: ShardKeyValue) -> pb.ShardKeySelector:
+    """A selector of one shard key (custom sharding): a keyword or a number."""
+    sk = pb.ShardKey(number=key) if isinstance(key, int) else pb.ShardKey(keyword=key)
+    return pb.ShardKeySelector(shard_keys=[sk])
+
+
+def upsert_request(collection: str, points: Iterable[bytes], *, wait: bool = True, insert_only: bool = True,
+                   shard_key: ShardKeyValue | None = None) -> bytes:
     """UpsertPoints as bytes; `points` are complete serialised PointStruct messages."""
     head = pb.UpsertPoints(
         collection_name=collection,
         wait=wait,
         update_mode=pb.UpdateMode.InsertOnly if insert_only else pb.UpdateMode.Upsert,
-    ).SerializeToString()
-    return head + _repeated(3, points)
+    )
+    if shard_key is not None:
+        head.shard_key_selector.CopyFrom(shard_key_selector(shard_key))
+    return head.SerializeToString() + _repeated(3, points)
 
 
 def _repeated(field: int, messages: Iterable[bytes]) -> bytes:
@@ -194,10 +206,13 @@ def _repeated(field: int, messages: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def update_vectors_request(collection: str, points: Iterable[bytes], *, wait: bool = True) -> bytes:
+def update_vectors_request(collection: str, points: Iterable[bytes], *, wait: bool = True,
+                           shard_key: ShardKeyValue | None = None) -> bytes:
     """UpdatePointVectors as bytes; `points` are serialised PointVectors messages."""
-    head = pb.UpdatePointVectors(collection_name=collection, wait=wait).SerializeToString()
-    return head + _repeated(3, points)
+    head = pb.UpdatePointVectors(collection_name=collection, wait=wait)
+    if shard_key is not None:
+        head.shard_key_selector.CopyFrom(shard_key_selector(shard_key))
+    return head.SerializeToString() + _repeated(3, points)
 
 
 def point_vectors(pid_bytes: bytes, named: dict[str, bytes]) -> bytes:

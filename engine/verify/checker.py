@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 from qdrant_client import grpc as pb
 
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
-from engine.qdrant.values import TextSpec, payload_to_python
+from engine.flow.text import TextSource
+from engine.qdrant.points import stored_vector
+from engine.qdrant.scan import iterate, merge_by_id
+from engine.qdrant.values import payload_to_python
 
-PAGE = 1024
 
 
 @dataclass
@@ -48,61 +49,13 @@ class CheckReport:
         }
 
 
-def _iterate(client: QdrantGrpc, collection: str, with_vectors) -> Iterator[pb.RetrievedPoint]:
-    offset = None
-    while True:
-        points, offset = client.scroll(collection, offset, PAGE, with_payload=True, with_vectors=with_vectors)
-        yield from points
-        if offset is None:
-            return
-
-
-def merge_by_id(src: Iterator[pb.RetrievedPoint], tgt: Iterator[pb.RetrievedPoint]
-                ) -> Iterator[tuple[pb.RetrievedPoint | None, pb.RetrievedPoint | None]]:
-    """Walk two id-ordered streams together: (s, t) for a shared id, (s, None) or (None, t) for one-sided ids."""
-    s = next(src, None)
-    t = next(tgt, None)
-    while s is not None or t is not None:
-        sk = wire.id_key(wire.id_value(s.id)) if s is not None else None
-        tk = wire.id_key(wire.id_value(t.id)) if t is not None else None
-        if t is None or (s is not None and sk < tk):
-            yield s, None
-            s = next(src, None)
-        elif s is None or tk < sk:
-            yield None, t
-            t = next(tgt, None)
-        else:
-            yield s, t
-            s = next(src, None)
-            t = next(tgt, None)
-
-
-def iterate(client: QdrantGrpc, collection: str, with_vectors=False) -> Iterator[pb.RetrievedPoint]:
-    """Every point of a collection in id order, page by page."""
-    return _iterate(client, collection, with_vectors)
-
-
-def _vector(p: pb.RetrievedPoint, name: str) -> np.ndarray | None:
-    if not p.HasField("vectors"):
-        return None
-    vo = p.vectors
-    if name == "":
-        v = vo.vector if vo.HasField("vector") else None
-    else:
-        v = vo.vectors.vectors[name] if name in vo.vectors.vectors else None
-    if v is None:
-        return None
-    data = v.dense.data if v.HasField("dense") else v.data
-    return np.asarray(data, dtype=np.float32) if len(data) else None
-
-
-def check(client: QdrantGrpc, source: str, target: str, vector_name: str, text: TextSpec, embedder=None,
+def check(client: QdrantGrpc, source: str, target: str, vector_name: str, text: TextSource, embedder=None,
           min_cosine: float = 0.999, batch: int = 256) -> CheckReport:
     """Compare every point; `embedder` (optional) recomputes vectors from the source text."""
     rep = CheckReport()
     sel = pb.WithVectorsSelector(include=pb.VectorsSelector(names=[vector_name])) if vector_name else True
-    src_it = _iterate(client, source, False)
-    tgt_it = _iterate(client, target, sel)
+    src_it = iterate(client, source, False)
+    tgt_it = iterate(client, target, sel)
     pending: list[tuple[wire.PointIdValue, str, np.ndarray]] = []
 
     def flush() -> None:
@@ -131,8 +84,8 @@ def check(client: QdrantGrpc, source: str, target: str, vector_name: str, text: 
         rep.target_points += 1
         if payload_to_python(s.payload) != payload_to_python(t.payload):
             rep.payload_mismatch.append(pid)
-        txt, _reason = text.extract(s.payload)
-        vec = _vector(t, vector_name)
+        txt, _reason = text.texts([s])[0]
+        vec = stored_vector(t, vector_name)
         if txt is None:
             if vec is not None:
                 rep.unexpected_vector.append(pid)
@@ -157,7 +110,7 @@ def collection_checksum(client: QdrantGrpc, collection: str) -> tuple[int, str]:
 
     digest = hashlib.sha256()
     n = 0
-    for p in _iterate(client, collection, True):
+    for p in iterate(client, collection, True):
         n += 1
         digest.update(repr(wire.id_value(p.id)).encode())
         digest.update(json.dumps(payload_to_python(p.payload), sort_keys=True).encode())

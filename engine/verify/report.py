@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.flow.checkpoint import JobState
+from engine.flow.rundir import RunDir
+from engine.flow.state import JobState, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +48,27 @@ def _timeline(stats) -> list[list[float]]:
     return points
 
 
-def record_run(runs: list | None, stats, runtime: Any = None, window: int | None = None) -> list[dict[str, Any]]:
-    """The job's run history with this run appended (RunStats and the runtime's stage series, compacted)."""
-    sampler = getattr(runtime, "stage_sampler", None)
-    entry = {
-        "ended_at": time.time(),
-        "pipeline_s": round(stats.pipeline_s, 3),
-        "points": stats.processed,
-        "points_per_s": round(stats.processed / stats.pipeline_s, 1) if stats.pipeline_s else 0.0,
-        "pages_read": stats.pages_read,
-        "pages_written": stats.pages_written,
-        "pages_redone": stats.pages_redone,
-        "points_redone": stats.points_redone,
-        "write_requests": stats.write_requests,
-        "retries": dict(stats.retries),
-        "dead_letters": stats.dead_count,
-        "timeline": _timeline(stats),
-        "window": window,
-        "stages": sampler.series() if sampler is not None else None,
-    }
-    return [*(runs or []), entry][-RUNS_MAX:]
+def record_run(runs: list[RunRecord], stats: Any, stages: dict[str, Any] | None = None) -> list[RunRecord]:
+    """The job's run history with this run appended (its counts, timeline and pages in flight per stage,
+    compacted)."""
+    entry = RunRecord(
+        ended_at=time.time(),
+        pipeline_s=round(stats.pipeline_s, 3),
+        points=stats.processed,
+        points_per_s=round(stats.processed / stats.pipeline_s, 1) if stats.pipeline_s else 0.0,
+        pages_read=stats.pages_read,
+        pages_written=stats.pages_written,
+        pages_redone=stats.pages_redone,
+        points_redone=stats.points_redone,
+        write_requests=stats.write_requests,
+        retries=dict(stats.retries),
+        dead_letters=stats.dead_count,
+        timeline=_timeline(stats),
+        stages=stages,
+        lanes=list(getattr(stats, "lanes", {}).values()),
+        driver_cpu_s=round(getattr(stats, "driver_cpu_s", 0.0), 3),
+    )
+    return [*runs, entry][-RUNS_MAX:]
 
 
 # --- building -------------------------------------------------------------------------------------------------------
@@ -75,23 +77,19 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
 
 
-def _read_verify(directory: Path) -> dict[str, Any] | None:
-    path = directory / "verify.json"
-    if not path.exists():
-        return None
+def _read_verify(directory: RunDir) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        text = directory.read_text("verify.json")
+        return json.loads(text) if text is not None else None
     except (OSError, json.JSONDecodeError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
+        log.warning("ignoring unreadable %s: %s", directory.display("verify.json"), exc)
         return None
 
 
-def build_report(cfg, state: JobState, verify: dict[str, Any] | None = None) -> dict[str, Any]:
-    from engine.app import job as jobs
-    from engine.verify.verifier import dead_letter_summary, run_dir
+def build_report(cfg, state: JobState, directory: RunDir, verify: dict[str, Any] | None = None) -> dict[str, Any]:
+    from engine.verify.verifier import dead_letter_summary
 
-    directory = run_dir(cfg, state.job_id)
-    latest = state.info.get("verify")
+    latest = state.verify.to_dict() if state.verify is not None else None
     if verify is None:
         verify = _read_verify(directory)
         # verify.json on this machine may be older than the checkpoint's latest verify (run elsewhere).
@@ -99,23 +97,24 @@ def build_report(cfg, state: JobState, verify: dict[str, Any] | None = None) -> 
             verify = None
     if verify is None and latest is not None:
         verify = {**latest, "details": False}
-    dead, _ = dead_letter_summary(state.info.get("dead_letters"))
-    runs = state.info.get("runs") or []
+    dead, _ = dead_letter_summary(state.dead_letters)
+    runs = [r.to_dict() for r in state.runs]
     retries: dict[str, int] = {}
-    for r in runs:
-        for cause, n in (r.get("retries") or {}).items():
+    for r in state.runs:
+        for cause, n in r.retries.items():
             retries[cause] = retries.get(cause, 0) + n
-    model = state.info.get("model") or {}
+    model = state.model
     return {
         "report_version": REPORT_VERSION,
         "generated_at": _iso(time.time()),
         "job": {
             "job_id": state.job_id,
             "source": cfg.source.collection,
-            "target": jobs.target_collection(cfg),
+            "target": state.decision.collection if state.decision is not None else
+            (cfg.target.collection or cfg.source.collection),
             "alias": cfg.target.alias,
             "strategy": cfg.strategy,
-            "server": state.info.get("server"),
+            "server": state.server,
             "finished": state.finished,
             "created_at": _iso(state.created_at),
             "updated_at": _iso(state.updated_at),
@@ -130,8 +129,8 @@ def build_report(cfg, state: JobState, verify: dict[str, Any] | None = None) -> 
         "retries": retries,
         "dead_letters": dead,
         "verify": verify,
-        "verify_history": state.info.get("verify_history") or [],
-        "events": state.events,
+        "verify_history": [{"at": v.at, "passed": v.passed, "failed": v.failed} for v in state.verify_history],
+        "events": [e.to_dict() for e in state.events],
         "config": cfg.redacted(),
     }
 
@@ -422,33 +421,22 @@ def render_html(report: dict[str, Any], plots: dict[str, str], note: str | None 
     return "\n".join(p for p in parts if p)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_report(cfg, state: JobState, verify: dict[str, Any] | None = None) -> Path:
-    """Write report.json and report.html into the job's run directory; returns the path of report.html."""
-    from engine.verify.verifier import run_dir
-
-    directory = run_dir(cfg, state.job_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    report = build_report(cfg, state, verify)
+def write_report(cfg, state: JobState, directory: RunDir, verify: dict[str, Any] | None = None) -> str:
+    """Write report.json and report.html into the job's run directory; returns where report.html is."""
+    report = build_report(cfg, state, directory, verify)
     plots, note = make_plots(report)
     if note:
         log.warning("report without plots: %s", note)
-    _atomic_write(directory / "report.json", json.dumps(report, indent=1, sort_keys=True, default=str))
-    path = directory / "report.html"
-    _atomic_write(path, render_html(report, plots, note))
+    directory.write_text("report.json", json.dumps(report, indent=1, sort_keys=True, default=str))
+    path = directory.write_text("report.html", render_html(report, plots, note))
     log.info("report: %s", path)
     return path
 
 
-def write_report_quietly(cfg, state: JobState) -> str | None:
+def write_report_quietly(cfg, state: JobState, directory: RunDir) -> str | None:
     """write_report for the end of a run: a report that cannot be written is a warning, never a failed run."""
     try:
-        return str(write_report(cfg, state))
+        return write_report(cfg, state, directory)
     except Exception as exc:  # noqa: BLE001 - the run itself succeeded
         log.warning("could not write the job report: %s", exc)
         return None

@@ -37,16 +37,18 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from qdrant_client import grpc as pb
 
-from engine.verify.checker import _vector as stored_vector
-from engine.flow.checkpoint import CheckpointStore, JobState
+from engine.qdrant.points import stored_vector
+from engine.qdrant.scan import range_ids
+from engine.flow.state import JobState
+from engine.flow.text import TextSource
+from engine.migration.target import metadata_tag
 from engine.errors import ConfigError, PreconditionError
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
-from engine.qdrant.values import TextSpec, payload_to_python
+from engine.qdrant.values import payload_digest, payload_to_python
 
 log = logging.getLogger(__name__)
 
-ID_PAGE = 10_000  # ids per id-only scroll page when counting: no payload or vectors, so pages can be large
 POINT_BATCH = 256  # sampled points fetched (and re-embedded) per request
 COUNT_STREAMS = 4  # shards counted in parallel; 2-4 streams saturate a server (Qdrant bulk guidance)
 SAMPLE_CHUNK = 100_000  # ids per random-sample request: ~2 MB replies, far below the 64 MiB channel limit
@@ -135,12 +137,6 @@ class VerifyResult:
 
 
 # --- small pure helpers ---------------------------------------------------------------------------------------------
-
-def payload_digest(payload: dict[str, Any]) -> str:
-    """SHA-256 of the payload as canonical JSON (sorted keys): equal digests mean equal payloads."""
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
 
 def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k not in a or k not in b or a[k] != b[k])
@@ -261,42 +257,32 @@ def load_eval(path: str | os.PathLike) -> list[EvalQuery]:
 
 
 def dead_letter_summary(path: str | None) -> tuple[dict[str, Any], set[str] | None]:
-    """(count, reasons, first rows) of a job's dead-letter Parquet, and its ids (None when the file is not here)."""
+    """(count, reasons, first rows) of a job's dead letters (a Parquet dataset: a folder of per-shard files, or
+    one file), and its ids (None when they are not reachable from here)."""
     out: dict[str, Any] = {"path": path, "count": 0, "reasons": {}, "sample": [], "available": True}
     if not path:
         return out, set()
-    if not Path(path).exists():
+    import pyarrow.dataset as ds
+    from pyarrow import fs
+
+    try:
+        filesystem, where = fs.FileSystem.from_uri(path) if "://" in path else (fs.LocalFileSystem(), path)
+        if filesystem.get_file_info(where).type == fs.FileType.NotFound:
+            raise FileNotFoundError(path)
+        table = ds.dataset(where, filesystem=filesystem, format="parquet").to_table(columns=["id", "shard", "reason"])
+    except (OSError, ValueError):
         out["available"] = False
         return out, None
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(path).to_pylist()
     reasons: dict[str, int] = {}
-    for r in rows:
-        for reason in str(r["reason"]).split("; "):
-            reasons[reason] = reasons.get(reason, 0) + 1
-    out.update(count=len(rows), reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-               sample=[{"id": r["id"], "shard": r["shard"], "reason": r["reason"]} for r in rows[:SHOW_IDS]])
-    return out, {r["id"] for r in rows}
+    for reason in table.column("reason").to_pylist():
+        for part in str(reason).split("; "):
+            reasons[part] = reasons.get(part, 0) + 1
+    out.update(count=table.num_rows, reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+               sample=table.slice(0, SHOW_IDS).to_pylist())
+    return out, set(table.column("id").to_pylist())
 
 
 # --- count parity -------------------------------------------------------------------------------------------------
-
-def range_ids(client: QdrantGrpc, collection: str, lo: Any, hi: Any, page: int = ID_PAGE) -> Iterator[Any]:
-    """Every id in [lo, hi) in scroll order, read id-only."""
-    hi_key = wire.id_key(hi) if hi is not None else None
-    offset = lo
-    while True:
-        points, nxt = client.scroll(collection, offset, page, with_payload=False, with_vectors=False)
-        for p in points:
-            pid = wire.id_value(p.id)
-            if hi_key is not None and wire.id_key(pid) >= hi_key:
-                return
-            yield pid
-        if nxt is None or (hi_key is not None and wire.id_key(nxt) >= hi_key):
-            return
-        offset = nxt
-
 
 def count_shard(client: QdrantGrpc, source: str, target: str, sc: ShardCount,
                 absent_ok: Callable[[list], set] | None = None) -> ShardCount:
@@ -355,15 +341,14 @@ class Verifier:
     """All checks of one verify against one client; `run()` returns the result without storing it."""
 
     def __init__(self, client: QdrantGrpc, *, source: str, target: str, source_vector: str,
-                 target_vector: str | None, text: TextSpec | Any, embedder, state: JobState, sample: int,
+                 target_vector: str | None, text: TextSource, embedder, state: JobState, sample: int,
                  min_cosine: float, min_hnsw_recall: float, k: int, queries: int, old_embedder=None,
                  eval_queries: list[EvalQuery] | None = None, max_ndcg_drop: float | None = None,
                  dead_letter_path: str | None = None, dim: int | None = None,
                  not_from_text: str | None = None) -> None:
         """`target_vector` None: the job wrote no dense vector (sparse only), so the vector checks are skipped.
         `embedder` None: the new vectors are not an embedding of the text (shortcuts), `not_from_text` says why;
-        they are checked for validity (`dim`) but not recomputed. `text`: a TextSpec over the payload, or an
-        external text source with `lookup(ids) -> {id: (text, reason)}` (engine.flow.text.ExternalTexts)."""
+        they are checked for validity (`dim`) but not recomputed. `text`: the job's text source."""
         self.client = client
         self.source, self.target = source, target
         self.source_vector, self.target_vector = source_vector, target_vector
@@ -395,11 +380,8 @@ class Verifier:
         return {pid for pid, text in texts.items() if text is None}
 
     def _texts(self, points: Sequence[pb.RetrievedPoint]) -> dict[Any, str | None]:
-        """Each point's text (None when it has no usable text), from the payload or the external text source."""
-        if isinstance(self.text, TextSpec):
-            return {wire.id_value(p.id): self.text.extract(p.payload)[0] for p in points}
-        found = self.text.lookup([wire.id_value(p.id) for p in points])
-        return {pid: text for pid, (text, _reason) in found.items()}
+        """Each point's text (None when it has no usable text), from the job's text source."""
+        return {wire.id_value(p.id): text for p, (text, _reason) in zip(points, self.text.texts(points))}
 
     # -- integrity
     def count_parity(self) -> tuple[Check, list[ShardCount]]:
@@ -726,12 +708,8 @@ class Verifier:
                      text + f"; new nDCG {'>=' if ok else '<'} old - {self.max_ndcg_drop} = {floor:.3f}")
 
     def provenance(self) -> tuple[Check, dict[str, Any]]:
-        from engine.app.job import METADATA_KEY
-        from engine.qdrant.values import payload_to_python as to_py
-
-        meta = to_py(self.target_info.config.metadata) if self.target_info is not None else {}
-        tag = meta.get(METADATA_KEY) if isinstance(meta, dict) else None
-        model = self.state.info.get("model") or {}
+        tag = metadata_tag(self.target_info)
+        model = self.state.model
         keys = ("name", "revision", "dim", "pooling", "normalize", "fingerprint")
         if isinstance(tag, dict):
             m = tag.get("model") or {}
@@ -784,161 +762,3 @@ class Verifier:
         extra = {"shards": shards, "index": index, "quality": quality, "dead_letters": dead, "provenance": prov,
                  "checked": checked, "full": full, "elapsed_s": time.monotonic() - t0}
         return checks, extra
-
-
-# --- the command ----------------------------------------------------------------------------------------------------
-
-def run_dir(cfg, job_id: str) -> Path:
-    """Where a job keeps its dead letters, verify.json and reports."""
-    return Path(cfg.dead_letter.dir) / job_id
-
-
-def _check_models(cfg, state: JobState, embedder) -> None:
-    from engine.embed.base import identity
-
-    ran = state.info.get("model")
-    if not ran:
-        return
-    now = identity(embedder.describe())
-    before = identity(ran)
-    diff = [k for k in now if now[k] != before.get(k)]
-    if diff:
-        raise PreconditionError(
-            f"the model in the config ({cfg.model.name}) differs from the one the run used ({ran.get('name')}) in "
-            f"{', '.join(diff)}; verify with the run's model settings"
-        )
-
-
-def load_finished_state(store: CheckpointStore, job_id: str, what: str) -> JobState:
-    state = store.load(job_id)
-    if state is None or not state.finished:
-        raise PreconditionError(
-            f"{what} needs a finished run: job {job_id} has {'no checkpoint' if state is None else 'not finished'} "
-            f"({store.describe()}); run `reembed run --config ...` to completion first"
-        )
-    return state
-
-
-def record(store: CheckpointStore, job_id: str, result: VerifyResult) -> JobState:
-    """Store the result as the job's latest verify (re-reading the state so concurrent events are kept)."""
-    state = store.load(job_id)
-    if state is None:
-        raise PreconditionError(f"the checkpoint of job {job_id} disappeared during verify ({store.describe()})")
-    summary = result.summary()
-    state.info["verify"] = summary
-    history = state.info.get("verify_history") or []
-    history.append({"at": result.at, "passed": result.passed, "failed": summary["failed"]})
-    state.info["verify_history"] = history[-HISTORY:]
-    store.save(state)
-    return state
-
-
-def run_verify(cfg, *, sample: int | None = None, eval_file: str | None = None,
-               write_reports: bool = True) -> VerifyResult:
-    """Verify the job of `cfg`, store the result in its checkpoint and write verify.json and the report.
-
-    `sample`: points checked (default verify.sample; at least the collection size checks every point).
-    `eval_file`: labelled queries (default verify.eval_file). Raises ReembedError subclasses for bad input."""
-    from engine.app import job as jobs
-    from engine.embed import build_embedder
-
-    t0 = time.monotonic()
-    v = cfg.verify
-    sample = v.sample if sample is None else sample
-    if sample < 1:
-        raise ConfigError(f"--sample {sample} must be at least 1 (a number at least the collection size checks "
-                          "every point)")
-    eval_path = eval_file or v.eval_file
-    eval_queries = load_eval(eval_path) if eval_path else None
-    if v.max_ndcg_drop is not None and (eval_queries is None or v.old_model is None):
-        raise ConfigError("verify.max_ndcg_drop compares old and new labelled nDCG; it needs an eval file "
-                          "(--eval or verify.eval_file) and verify.old_model, or set it to null")
-    client, _server = jobs.connect(cfg)
-    try:
-        job_id = jobs.job_id_of(cfg)
-        store = jobs.make_store(cfg, client)
-        state = load_finished_state(store, job_id, "verify")
-        # What the run wrote, as its strategy decided (engine.migration.strategies); a plain new-collection job has no
-        # decision and writes target.vector_name into target.collection.
-        decision = state.info.get("decision") or {}
-        source = cfg.source.collection
-        target = decision.get("collection") or jobs.target_collection(cfg)
-        target_vector = decision["dense_vector"] if "dense_vector" in decision else (cfg.target.vector_name or "")
-        not_from_text = None
-        if decision.get("vector_input"):
-            not_from_text = (f"the new vectors are computed from the stored vector {decision['vector_input']!r} "
-                             "(a shortcut), not from the text")
-        embedder = None
-        if target_vector is not None and not_from_text is None:
-            embedder = build_embedder(cfg.model_spec())
-            _check_models(cfg, state, embedder)
-        old_embedder = None
-        if v.old_model:
-            old_embedder = build_embedder({"name": v.old_model})
-            _check_old_dim(client, source, cfg.source.vector_name or "", old_embedder, v.old_model)
-        verifier = Verifier(
-            client, source=source, target=target, source_vector=cfg.source.vector_name or "",
-            target_vector=target_vector, text=_text_source(cfg), embedder=embedder,
-            state=state, sample=sample, min_cosine=v.min_cosine, min_hnsw_recall=v.min_hnsw_recall, k=v.k,
-            queries=v.queries, old_embedder=old_embedder, eval_queries=eval_queries, max_ndcg_drop=v.max_ndcg_drop,
-            dead_letter_path=state.info.get("dead_letters"), dim=(state.info.get("model") or {}).get("dim"),
-            not_from_text=not_from_text,
-        )
-        checks, extra = verifier.run()
-        result = VerifyResult(
-            job_id=job_id, passed=not any(c.failed for c in checks), at=time.time(), source=source, target=target,
-            checked_points=extra["checked"], full=extra["full"], checks=checks, shards=extra["shards"],
-            index=extra["index"], quality=extra["quality"], dead_letters=extra["dead_letters"],
-            provenance=extra["provenance"], elapsed_s=time.monotonic() - t0,
-        )
-        out_dir = run_dir(cfg, job_id)
-        if write_reports:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            result.report = str(out_dir / "report.html")
-        state = record(store, job_id, result)
-        if write_reports:
-            details = result.to_dict()
-            tmp = out_dir / "verify.json.tmp"
-            tmp.write_text(json.dumps(details, indent=1, sort_keys=True))
-            os.replace(tmp, out_dir / "verify.json")
-            from engine.verify.report import write_report
-
-            result.report = str(write_report(cfg, state, verify=details))
-        level = logging.INFO if result.passed else logging.WARNING
-        log.log(level, "verify of job %s %s in %.1fs (%d points checked%s)%s", job_id,
-                "passed" if result.passed else "FAILED", result.elapsed_s, result.checked_points,
-                ", all" if result.full else "",
-                "" if result.passed else ": " + "; ".join(c.name for c in result.failures()))
-        return result
-    finally:
-        client.close()
-
-
-def _text_source(cfg):
-    """Where the job's text lives: the payload (TextSpec) or an external Parquet dataset."""
-    from engine.app import job as jobs
-
-    src = cfg.source
-    if getattr(src, "text_dataset", None):
-        from engine.flow.text import ExternalTexts
-
-        return ExternalTexts(src.text_dataset, src.text_dataset_id_column, src.text_dataset_text_column)
-    return jobs.text_spec_of(cfg)
-
-
-def _check_old_dim(client: QdrantGrpc, source: str, vector: str, old_embedder, name: str) -> None:
-    info = client.collection_info(source)
-    if info is None:
-        raise PreconditionError(f"source collection {source!r} does not exist")
-    vc = info.config.params.vectors_config
-    if vc.HasField("params"):
-        dim = int(vc.params.size) if not vector else None
-    else:
-        dim = int(vc.params_map.map[vector].size) if vector in vc.params_map.map else None
-    if dim is None:
-        raise PreconditionError(f"source {source!r} has no vector {vector or '(unnamed)'!r} for verify.old_model "
-                                "to compare with; set source.vector_name")
-    if dim != old_embedder.dim:
-        raise PreconditionError(f"verify.old_model {name} makes {old_embedder.dim}-d vectors but the source vector "
-                                f"{vector or '(unnamed)'!r} is {dim}-d; set verify.old_model to the model that "
-                                "made the source vectors")

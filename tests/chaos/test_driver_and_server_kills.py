@@ -74,7 +74,7 @@ def _committed(port: int, job_id: str) -> int:
 
 def _job_id(config: Path) -> str:
     from engine.config import load_config
-    from engine.app.job import job_id_of
+    from engine.app.wiring import job_id_of
 
     return job_id_of(load_config(config, env={}))
 

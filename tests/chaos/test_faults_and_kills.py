@@ -22,16 +22,16 @@ FAULTS = "unavailable=0.08,exhausted=0.10,apply_then_fail=0.07,latency_ms=0-10,r
 def test_heavy_faults_and_random_actor_kills(ray_local, tmp_path, monkeypatch):
     rng = random.Random(1234)
     kills: list[str] = []
-    runtimes = []
+    pools = []
     real = jobs.Progress.__call__
 
     def progress(self, state, stats):
-        rt = runtimes[0]
         done = state.written + state.skipped
         # about one kill per 300 committed points, of a random actor of a random stage
         if done >= (len(kills) + 1) * 300 and done < N:
-            stage = rng.choice(["scrollers", "embedders", "uploaders"])
-            actor = rng.choice(getattr(rt, stage))
+            (lane,) = pools[0].handles().values()
+            stage = rng.choice(["readers", "embed", "writers"])
+            actor = lane[stage] if stage == "embed" else rng.choice(lane[stage])
             ray.kill(actor, no_restart=False)
             kills.append(stage)
         real(self, state, stats)
@@ -43,7 +43,7 @@ def test_heavy_faults_and_random_actor_kills(ray_local, tmp_path, monkeypatch):
         client.close()
         cfg = config(server.port, tmp_path, page=64,
                      retry__max_attempts=60, retry__base_delay_s=0.02, retry__max_delay_s=0.5)
-        out = jobs.run_job(cfg, progress=False, on_runtime=runtimes.append)
+        out = jobs.run_job(cfg, progress=False, on_pool=pools.append)
         assert_exact(server.port, "src", "dst")
         assert out["points_written"] + out["points_skipped"] == N
         assert len(kills) >= 3

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from engine.app import job as jobs
+from engine.app.catchup_job import run_catch_up
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.qdrant import values, wire
@@ -88,10 +89,10 @@ def test_live_writes_then_catch_up_gives_exact_mirror(ray_local, tmp_path):
             app.stop.set()
             writer.join(timeout=30)
         assert sum(app.ops[k] for k in ("insert", "update", "delete")) > 50, app.ops
-        result = jobs.run_catch_up(cfg)
+        result = run_catch_up(cfg)
         assert result["inserted"] + result["updated"] + result["deleted"] > 0, (result, app.ops)
         assert_exact(server.port, "src", "dst")
         # a second catch-up finds nothing left to do
-        again = jobs.run_catch_up(cfg)
+        again = run_catch_up(cfg)
         assert again["inserted"] == again["updated"] == again["deleted"] == 0
         print(f"live writes {app.ops}; backfill {out['points_written']} written; catch-up {result}")

@@ -16,7 +16,7 @@ from engine.embed import build_embedder
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
-from engine.qdrant.values import TextSpec
+from engine.flow.text import PayloadText
 
 WORDS = ("vector search engine model embedding shard replica payload index point cluster query filter collection "
          "alias migration throughput latency recall precision batch token sentence paragraph über naïve café 東京").split()
@@ -87,7 +87,7 @@ def client_for(port: int) -> QdrantGrpc:
 def assert_exact(port: int, source: str, target: str, model: str = "hash:32", min_cosine: float = 0.999):
     client = client_for(port)
     try:
-        rep = check(client, source, target, "dense", TextSpec(field="text"), build_embedder({"name": model}),
+        rep = check(client, source, target, "dense", PayloadText(field="text"), build_embedder({"name": model}),
                     min_cosine=min_cosine)
     finally:
         client.close()

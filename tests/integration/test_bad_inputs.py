@@ -77,22 +77,36 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(server, tmp_path
 
 
 def test_huge_and_oversized_points_are_dead_lettered(server, tmp_path):
+    """Qdrant's gRPC service takes messages of any size (src/tonic/mod.rs; its 32 MiB cap is REST's): a 33 MiB
+    point is copied like any other, and only a point too large for one gRPC reply (over our 64 MiB channel limit) is
+    a dead letter, with the reason, while the rest of its page goes on."""
+    import grpc
+    import numpy as np
+
     client = client_for(server.port)
     req = pb.CreateCollection(collection_name="big")
     req.vectors_config.params.CopyFrom(pb.VectorParams(size=8, distance=pb.Distance.Cosine))
     client.create_collection(req)
+    client.close()
     rows = {1: {"text": "ok"}, 2: {"text": "long " * 200_000},  # a 1 MB text: truncated by the model, not an error
             3: {"text": "near the limit", "blob": "x" * (20 * 1024 * 1024)},  # 20 MiB payload: one request alone
-            4: {"text": "too big for any request", "blob": "y" * (33 * 1024 * 1024)}}  # over Qdrant's 32 MiB
+            4: {"text": "over REST's 32 MiB, fine over gRPC", "blob": "y" * (33 * 1024 * 1024)},
+            5: {"text": "too big for one gRPC reply", "blob": "z" * (65 * 1024 * 1024)},
+            6: {"text": "after the big one"}}
+    big = 256 * 1024 * 1024
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.max_send_message_length", big),
+                                                                          ("grpc.max_receive_message_length", big)])
+    upsert = channel.unary_unary("/qdrant.Points/Upsert", request_serializer=None,
+                                 response_deserializer=pb.PointsOperationResponse.FromString)
     for pid, payload in rows.items():
         base = pb.PointStruct(id=wire.point_id(pid), payload=values.payload_from_python(payload)).SerializeToString()
-        vec = wire.vectors_field({"": wire.dense_vector(wire.f32_bytes(__import__("numpy").ones(8, "f4")))})
-        client.upsert_raw(wire.upsert_request("big", [base + vec], insert_only=False), "seed big")
-    client.close()
+        vec = wire.vectors_field({"": wire.dense_vector(wire.f32_bytes(np.ones(8, "f4")))})
+        upsert(wire.upsert_request("big", [base + vec], insert_only=False), timeout=120)
+    channel.close()
     out = jobs.run_job(config(server.port, tmp_path, source="big", target="big_dst", page=16), progress=False)
-    assert out["points_written"] == 3 and out["points_skipped"] == 1
+    assert out["points_written"] == 5 and out["points_skipped"] == 1
     dead = pq.read_table(out["dead_letters"]).to_pylist()
-    assert [(r["id"], "32 MiB" in r["reason"]) for r in dead] == [("4", True)]
+    assert [(r["id"], "gRPC message limit" in r["reason"]) for r in dead] == [("5", True)]
     c = client_for(server.port)
-    assert c.count("big_dst") == 3
+    assert c.count("big_dst") == 5
     c.close()

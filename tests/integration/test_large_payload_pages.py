@@ -11,7 +11,7 @@ from engine.embedded.server import EmbeddedServer
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
-from engine.qdrant.values import TextSpec
+from engine.flow.text import PayloadText
 from engine.flow.source import QdrantSource
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def test_oversized_scroll_reply_is_read_in_smaller_calls(tmp_path):
                                   ).SerializeToString()
             client.upsert_raw(wire.upsert_request("c", [blob + wire.vectors_field(
                 {"old": wire.dense_vector(np.ones(4, dtype="<f4").tobytes())})]), "seed")
-        source = QdrantSource(client, "c", TextSpec(field="text"))
+        source = QdrantSource(client, "c", PayloadText(field="text"))
         seen, sizes, start, seq = [], [], None, 0
         while True:
             meta, texts, body = source.read_page(0, seq, start, None, 10)

@@ -11,7 +11,8 @@ from engine.app import job as jobs
 from engine.migration.cutover import cleanup, rollback, swap
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import ModelError, PreconditionError
-from engine.verify.verifier import run_verify
+from engine.app import wiring
+from engine.app.verify_job import run_verify
 from tests.integration.pipeline_support import assert_exact, client_for, config, make_payloads, seed_collection
 
 pytestmark = pytest.mark.integration
@@ -58,8 +59,8 @@ def test_run_gives_exact_state_and_dead_letters(server, seeded, tmp_path):
 def test_cutover_swap_rollback_cleanup(server, seeded, tmp_path):
     cfg = config(server.port, tmp_path, target="dst_cut")
     client = client_for(server.port)
-    store = jobs.make_store(cfg, client)
-    job_id = jobs.job_id_of(cfg)
+    store = wiring.make_store(cfg, client)
+    job_id = wiring.job_id_of(cfg)
     with pytest.raises(PreconditionError, match="has not finished"):
         swap(client, store, job_id, "src_live", "src", "dst_cut")
     jobs.run_job(cfg, progress=False)
@@ -74,7 +75,7 @@ def test_cutover_swap_rollback_cleanup(server, seeded, tmp_path):
     assert client.list_aliases()["src_live"] == "src"
     with pytest.raises(PreconditionError, match="still the target of alias"):
         cleanup(client, store, job_id, "src", "dst_cut", confirm=True)
-    actions = [e["action"] for e in store.load(job_id).events]
+    actions = [e.action for e in store.load(job_id).events]
     assert actions == ["swap", "rollback"]
     client.close()
 
@@ -82,25 +83,25 @@ def test_cutover_swap_rollback_cleanup(server, seeded, tmp_path):
 def test_killing_embed_and_upload_actors_mid_run(server, seeded, tmp_path, monkeypatch):
     cfg = config(server.port, tmp_path, target="dst_kill", page=32)
     killed = []
-    runtimes = []
+    pools = []
     real_progress = jobs.Progress.__call__
 
     def progress(self, state, stats):
         # Kill one actor of each stage once a quarter, then half, of the points are committed: mid-run for sure.
         done = state.written + state.skipped
-        rt = runtimes[0]
+        (lane,) = pools[0].handles().values()
         if done >= N // 4 and not killed:
-            ray.kill(rt.embedders[0], no_restart=False)
-            ray.kill(rt.uploaders[0], no_restart=False)
+            ray.kill(lane["embed"], no_restart=False)
+            ray.kill(lane["writers"][0], no_restart=False)
             killed.append(done)
         elif done >= N // 2 and len(killed) == 1:
-            ray.kill(rt.scrollers[1], no_restart=False)
-            ray.kill(rt.uploaders[1], no_restart=False)
+            ray.kill(lane["readers"][-1], no_restart=False)
+            ray.kill(lane["writers"][-1], no_restart=False)
             killed.append(done)
         real_progress(self, state, stats)
 
     monkeypatch.setattr(jobs.Progress, "__call__", progress)
-    out = jobs.run_job(cfg, progress=False, on_runtime=runtimes.append)
+    out = jobs.run_job(cfg, progress=False, on_pool=pools.append)
     assert len(killed) == 2 and killed[-1] < N
     assert_exact(server.port, "src", "dst_kill")
     assert out["points_written"] + out["points_skipped"] == N

@@ -11,11 +11,12 @@ import pytest
 from qdrant_client import grpc as pb
 
 from engine.app import job as jobs
+from engine.app import wiring
 from engine.migration.cutover import cleanup, drop_vector, swap
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import PreconditionError, ReembedError
-from engine.verify.verifier import run_verify
+from engine.app.verify_job import run_verify
 from tests.integration.pipeline_support import client_for, make_payloads, seed_collection
 from tests.integration.strategy_support import dense, read_all, seed_named, strategy_config
 
@@ -99,8 +100,8 @@ def test_in_place_adds_vector_leaves_the_rest_and_drops_old(new_server, payloads
     assert not info.config.params.vectors_config.params_map.map["old"].HasField("hnsw_config")
     assert jobs.run_job(cfg, progress=False)["already_complete"]
 
-    store = jobs.make_store(cfg, c)
-    job_id = jobs.job_id_of(cfg)
+    store = wiring.make_store(cfg, c)
+    job_id = wiring.job_id_of(cfg)
     with pytest.raises(PreconditionError, match="--drop-vector"):
         cleanup(c, store, job_id, "named", "named", confirm=True, force=True)
     with pytest.raises(PreconditionError, match="--confirm"):
@@ -195,7 +196,7 @@ def test_new_collection_into_one_unnamed_vector(old_server, payloads, tmp_path):
     _assert_new_dense(dst, payloads, name="")
     result = run_verify(cfg, sample=10**9)
     assert result.passed, [(ch.name, ch.detail) for ch in result.checks if ch.failed]
-    swap(c, jobs.make_store(cfg, c), jobs.job_id_of(cfg), "flat_live", "unnamed", "flat")
+    swap(c, wiring.make_store(cfg, c), wiring.job_id_of(cfg), "flat_live", "unnamed", "flat")
     assert c.list_aliases()["flat_live"] == "flat"
     c.close()
 

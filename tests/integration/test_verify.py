@@ -21,14 +21,17 @@ import yaml
 from qdrant_client import grpc as pb
 
 from engine.app import job as jobs
+from engine.app import wiring
 from engine.app.cli import main
 from engine.migration.cutover import cleanup, swap
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import ConfigError, PreconditionError
 from engine.qdrant import values, wire
-from engine.qdrant.values import TextSpec
-from engine.verify.verifier import Verifier, run_dir, run_verify
+from engine.flow.text import DatasetText, PayloadText
+from engine.app.verify_job import run_verify
+from engine.app.wiring import run_dir
+from engine.verify.verifier import Verifier
 from tests.integration.pipeline_support import client_for, config, make_payloads, seed_collection
 
 pytestmark = pytest.mark.integration
@@ -128,7 +131,7 @@ def _failed(result) -> dict[str, str]:
 def test_run_writes_a_report(migrated):
     report = migrated["summary"]["report"]
     assert report and report.endswith("report.html") and os.path.exists(report)
-    data = json.loads((run_dir(migrated["cfg"], migrated["summary"]["job_id"]) / "report.json").read_text())
+    data = json.loads(run_dir(migrated["cfg"], migrated["summary"]["job_id"]).local_path("report.json").read_text())
     run = data["runs"][-1]
     assert run["points"] == N and run["timeline"][-1][1] == N
     assert run["stages"]["stages"] == ["scroll", "process"]
@@ -142,9 +145,9 @@ def test_clean_migration_verifies(migrated):
     assert all(s.committed == s.source for s in result.shards)
     assert result.index["recall"] == 1.0 and result.index["queries"] == 40
     assert 0.0 <= result.quality["label_free"]["topk_overlap"] <= 1.0
-    state = jobs.make_store(migrated["cfg"], migrated["client"]).load(result.job_id)
-    assert state.info["verify"]["passed"] is True and state.info["verify"]["report"] == result.report
-    data = json.loads((run_dir(migrated["cfg"], result.job_id) / "verify.json").read_text())
+    state = wiring.make_store(migrated["cfg"], migrated["client"]).load(result.job_id)
+    assert state.verify.passed is True and state.verify.report == result.report
+    data = json.loads(run_dir(migrated["cfg"], result.job_id).local_path("verify.json").read_text())
     assert data["passed"] is True and len(data["checks"]) == len(result.checks)
     # a sample smaller than the collection checks that many points
     small = run_verify(migrated["cfg"], sample=100)
@@ -240,8 +243,8 @@ def test_extra_point_in_target_fails(migrated):
 
 def test_swap_and_cleanup_are_gated_on_the_latest_verify(migrated):
     cfg, client = migrated["cfg"], migrated["client"]
-    store = jobs.make_store(cfg, client)
-    job_id = jobs.job_id_of(cfg)
+    store = wiring.make_store(cfg, client)
+    job_id = wiring.job_id_of(cfg)
     pid = _text_point(migrated)
     before = _snapshot(client, pid)
     client.delete_points("dst", [pid])
@@ -254,8 +257,8 @@ def test_swap_and_cleanup_are_gated_on_the_latest_verify(migrated):
         assert event["forced"] is True and event["verify"]["passed"] is False
         assert client.list_aliases()["src_live"] == "dst"
         recorded = store.load(job_id).events[-1]
-        assert recorded["action"] == "swap" and recorded["forced"] is True
-        assert "count parity" in recorded["verify"]["failed"]
+        assert recorded.action == "swap" and recorded.details["forced"] is True
+        assert "count parity" in recorded.details["verify"]["failed"]
         with pytest.raises(PreconditionError, match="cleanup refused: the latest verify"):
             cleanup(client, store, job_id, "src", "dst", confirm=True)
         assert client.collection_exists("src")
@@ -319,11 +322,11 @@ def test_unnamed_target_keeps_dead_letters_out(migrated):
         blobs = [pb.PointStruct(id=wire.point_id(pid), payload=values.payload_from_python(p)).SerializeToString()
                  + wire.vectors_field({"": wire.dense_vector(wire.f32_bytes(v))}) for (pid, p), v in zip(chunk, vecs)]
         client.upsert_raw(wire.upsert_request("dst_unnamed", blobs, wait=True, insert_only=False), "copy")
-    state = jobs.make_store(cfg, client).load(jobs.job_id_of(cfg))  # the real run's shards and dead letters
+    state = wiring.make_store(cfg, client).load(wiring.job_id_of(cfg))  # the real run's shards and dead letters
     checks, extra = Verifier(
-        client, source="src", target="dst_unnamed", source_vector="", target_vector="", text=TextSpec(field="text"),
+        client, source="src", target="dst_unnamed", source_vector="", target_vector="", text=PayloadText(field="text"),
         embedder=emb, state=state, sample=ALL, min_cosine=0.999, min_hnsw_recall=0.95, k=10, queries=10,
-        dead_letter_path=state.info["dead_letters"]).run()
+        dead_letter_path=state.dead_letters).run()
     assert not [c for c in checks if c.failed], [(c.name, c.detail) for c in checks]
     dead = N - len(with_text)
     assert sum(s.expected_absent for s in extra["shards"]) == dead > 0
@@ -333,9 +336,9 @@ def test_unnamed_target_keeps_dead_letters_out(migrated):
     victim = items[0][0]
     client.delete_points("dst_unnamed", [victim])
     checks, _ = Verifier(
-        client, source="src", target="dst_unnamed", source_vector="", target_vector="", text=TextSpec(field="text"),
+        client, source="src", target="dst_unnamed", source_vector="", target_vector="", text=PayloadText(field="text"),
         embedder=emb, state=state, sample=ALL, min_cosine=0.999, min_hnsw_recall=0.95, k=10, queries=10,
-        dead_letter_path=state.info["dead_letters"]).run()
+        dead_letter_path=state.dead_letters).run()
     failed = {c.name: c.detail for c in checks if c.failed}
     assert set(failed) == {"count parity", "sampled ids present"} and repr(victim) in failed["count parity"]
     client.delete_collection("dst_unnamed")
@@ -399,37 +402,35 @@ def test_other_strategy_shapes(migrated, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from engine.flow.text import ExternalTexts
-
     client, cfg = migrated["client"], migrated["cfg"]
-    state = jobs.make_store(cfg, client).load(jobs.job_id_of(cfg))
+    state = wiring.make_store(cfg, client).load(wiring.job_id_of(cfg))
     uuids = {pid: p for pid, p in migrated["payloads"].items() if isinstance(pid, str)}
     ints = {pid: p for pid, p in migrated["payloads"].items() if isinstance(pid, int)}
     common = dict(source="src", target="dst", source_vector="", state=state, sample=ALL, min_cosine=0.999,
-                  min_hnsw_recall=0.95, k=5, queries=5, dead_letter_path=state.info["dead_letters"])
+                  min_hnsw_recall=0.95, k=5, queries=5, dead_letter_path=state.dead_letters)
 
     def texts_of(points):
         return [p["text"] if isinstance(p.get("text"), str) else None for p in points.values()]
 
     pq.write_table(pa.table({"id": list(ints), "text": texts_of(ints)}), tmp_path / "ints.parquet")
     emb = build_embedder({"name": "hash:32"})
-    checks, _ = Verifier(client, target_vector="dense", text=ExternalTexts(str(tmp_path / "ints.parquet")),
+    checks, _ = Verifier(client, target_vector="dense", text=DatasetText(str(tmp_path / "ints.parquet")),
                          embedder=emb, **common).run()
     status = {c.name: c.status for c in checks}
     # UUID points have no row in an integer-keyed dataset: to the verifier they have no text, yet carry a vector.
     assert status["vectors valid"] == "fail" and status["vectors recomputed"] == "pass"
     pq.write_table(pa.table({"id": list(uuids), "text": texts_of(uuids)}), tmp_path / "uuids.parquet")
-    assert next(c for c in Verifier(client, target_vector="dense", text=ExternalTexts(str(tmp_path / "uuids.parquet")),
+    assert next(c for c in Verifier(client, target_vector="dense", text=DatasetText(str(tmp_path / "uuids.parquet")),
                                     embedder=emb, **common).run()[0] if c.name == "vectors recomputed").status == "pass"
 
-    checks, _ = Verifier(client, target_vector="dense", text=TextSpec(field="text"), embedder=None, dim=32,
+    checks, _ = Verifier(client, target_vector="dense", text=PayloadText(field="text"), embedder=None, dim=32,
                          not_from_text="a shortcut", **common).run()
     status = {c.name: (c.status, c.detail) for c in checks}
     assert not [c for c in checks if c.failed], status
     assert status["vectors recomputed"] == ("skipped", "a shortcut") and status["vectors valid"][0] == "pass"
     assert status["HNSW recall"][0] == "pass"
 
-    checks, _ = Verifier(client, target_vector=None, text=TextSpec(field="text"), embedder=None, **common).run()
+    checks, _ = Verifier(client, target_vector=None, text=PayloadText(field="text"), embedder=None, **common).run()
     status = {c.name: c.status for c in checks}
     assert not [c for c in checks if c.failed]
     assert status["vectors valid"] == status["vectors recomputed"] == status["HNSW recall"] == "skipped"

@@ -157,10 +157,18 @@ def test_defaults_follow_the_schema() -> None:
 def test_model_spec_is_a_plain_dict_with_the_embedder_keys() -> None:
     cfg = config_from_dict({"model": {"dtype": "bf16", "pooling": "CLS", "prefix": "passage: "}}, env={})
     spec = cfg.model_spec()
-    assert set(spec) == {"name", "revision", "max_length", "pooling", "normalize", "dtype", "device",
+    assert set(spec) == {"kind", "name", "revision", "max_length", "pooling", "normalize", "dtype", "device",
                          "matryoshka_dim", "token_budget", "max_batch", "compile", "prefix", "threads"}
     assert (spec["dtype"], spec["pooling"], spec["prefix"]) == ("bfloat16", "cls", "passage: ")
     assert all(v is None or isinstance(v, (str, int, bool)) for v in spec.values())
+
+
+def test_model_kind_late_interaction_loads_and_a_bad_kind_fails_in_one_line() -> None:
+    cfg = config_from_dict({"model": {"kind": "late_interaction", "name": "/models/colbertv2.0"}}, env={})
+    assert cfg.model.kind == "late_interaction" and cfg.model_spec()["kind"] == "late_interaction"
+    assert config_from_dict({}, env={}).model.kind == "dense"
+    message = _error({"model": {"kind": "colbert"}})
+    assert "model.kind='colbert'" in message and "dense, late_interaction" in message
 
 
 def test_env_overrides_file_values() -> None:

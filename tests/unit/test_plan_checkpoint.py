@@ -2,7 +2,9 @@ import uuid
 
 import pytest
 
-from engine.flow.checkpoint import JobState, OrderedCommit, ShardState, UriCheckpointStore, check_resume, fingerprint
+from engine.flow.checkpoint import UriCheckpointStore, check_resume, fingerprint
+from engine.flow.lease import Lease, LeaseCursor
+from engine.flow.state import JobState
 from engine.errors import CheckpointMismatch
 from engine.flow.shards import boundaries_from_sample, shard_states
 from engine.qdrant import wire
@@ -42,15 +44,29 @@ def test_degenerate_samples():
 
 
 def test_ordered_commit_moves_only_over_gap_free_prefix():
-    st = ShardState(shard=0, lo=None, hi=None, cursor=None)
-    c = OrderedCommit(st)
+    c = LeaseCursor(Lease(shard=0, cursor=None, hi=None))
+    for _ in range(3):
+        c.first_read()
+        c.first_read_done(1)  # three first reads issued (their offsets do not matter here)
+    c.exhausted = True
     assert not c.ack(1, 200, 10, 1)  # seq 0 still missing
-    assert st.cursor is None and st.written == 0
+    assert c.committed is None and c.take_ack() is None
     assert c.ack(0, 100, 10, 0)
-    assert st.cursor == 200 and st.written == 20 and st.skipped == 1 and not st.done
+    delta = c.take_ack()
+    assert c.committed == 200 and delta.written == 20 and delta.skipped == 1 and not delta.done
     assert not c.ack(0, 100, 10, 0)  # a redone page already committed changes nothing
     assert c.ack(2, None, 5, 0)
-    assert st.done and st.written == 25
+    delta = c.take_ack()
+    assert c.done and delta.done and delta.written == 5
+
+
+def test_split_never_goes_behind_a_page_already_read():
+    c = LeaseCursor(Lease(shard=0, cursor=0, hi=1000))
+    c.first_read()
+    assert c.split(500) is None  # the first read in flight decides where the frontier lands
+    c.first_read_done(300)
+    assert c.split(100) == 300  # behind the frontier: the lease ends at the frontier instead
+    assert c.hi == 300 and c.exhausted
 
 
 def test_state_json_roundtrip_keeps_id_types(tmp_path):
@@ -80,7 +96,10 @@ class SlowStore:
 
         self.saved, self.fail_on, self.gate = [], fail_on, threading.Event()
 
-    def save_text(self, job_id, text):
+    def save_snapshot(self, job_id, data):
+        import json
+
+        text = json.dumps(data)
         self.gate.wait(5)
         if self.fail_on is not None and self.fail_on in text:
             raise RuntimeError("server down")

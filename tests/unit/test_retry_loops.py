@@ -47,7 +47,7 @@ def _run(mode, outcomes, monkeypatch):
 
 CASES = {
     "recovers": [FakeRpcError(UNAVAILABLE), FakeRpcError(grpc.StatusCode.ABORTED), "ok"],
-    "gives up": [FakeRpcError(UNAVAILABLE)] * 4,
+    "gives up": [FakeRpcError(grpc.StatusCode.ABORTED)] * 4,  # outages wait out a budget instead
     "definite": [FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad vector")],
     "retry-after": [FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, trailers=(("retry-after", "7"),)), "ok"],
     "not an rpc": [FakeRpcError(UNAVAILABLE), KeyError("k")],

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.flow.checkpoint import JobState
+from engine.flow.state import JobState, VerifySummary
 from engine.config import config_from_dict
 from engine.migration.cutover import verify_gate
 from engine.errors import ConfigError, PreconditionError
@@ -122,7 +122,7 @@ def test_verify_config_fields():
 def _state(verify=None) -> JobState:
     st = JobState(job_id="j1", fingerprint="f", boundaries=[], shards=[], finished=True)
     if verify is not None:
-        st.info["verify"] = verify
+        st.verify = VerifySummary.from_dict({"checked_points": 0, "full": False, **verify})
     return st
 
 

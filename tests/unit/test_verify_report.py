@@ -9,11 +9,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.flow.checkpoint import JobState, ShardState
+from engine.app.wiring import run_dir
 from engine.config import config_from_dict
 from engine.flow.coordinator import RunStats
+from engine.flow.state import CheckSummary, Event, JobState, RunRecord, ShardState, VerifySummary
 from engine.verify.report import PLOTS_HINT, TIMELINE_MAX, record_run, write_report
-from engine.verify.verifier import run_dir
 
 
 def _cfg(tmp_path):
@@ -23,13 +23,7 @@ def _cfg(tmp_path):
     }, env={})
 
 
-class _Sampler:
-    def series(self):
-        return {"stages": ["scroll", "process"], "samples": [[0.0, 1, 2], [0.5, 2, 6], [1.0, 0, 1]]}
-
-
-class _Runtime:
-    stage_sampler = _Sampler()
+STAGES = {"stages": ["scroll", "process"], "samples": [[0.0, 1, 2], [0.5, 2, 6], [1.0, 0, 1]]}
 
 
 def _state(cfg, tmp_path) -> JobState:
@@ -38,14 +32,14 @@ def _state(cfg, tmp_path) -> JobState:
                      timeline=[(0.1 * i, 100 + 45 * i) for i in range(1, 21)])
     st = JobState(job_id="abc123", fingerprint="f", boundaries=[500],
                   shards=[ShardState(0, None, 500, None, True, 498, 1), ShardState(1, 500, None, None, True, 500, 1)],
-                  finished=True, info={"model": {"name": "hash:32", "dim": 32, "pooling": None}, "server": "1.18.0"})
-    st.info["runs"] = record_run(None, stats, _Runtime(), window=12)
-    dead_dir = run_dir(cfg, "abc123")
+                  finished=True, model={"name": "hash:32", "dim": 32, "pooling": None}, server="1.18.0")
+    st.runs = record_run([], stats, STAGES)
+    dead_dir = run_dir(cfg, "abc123").local_path("dead_letters")
     dead_dir.mkdir(parents=True)
     pq.write_table(pa.table({"id": ["7", "9"], "id_type": ["int", "int"], "shard": [0, 1],
-                             "reason": ["empty text", "missing field 'text'"]}), dead_dir / "dead_letters.parquet")
-    st.info["dead_letters"] = str(dead_dir / "dead_letters.parquet")
-    st.events.append({"action": "swap", "alias": "docs_live", "at": 1.7e9, "forced": True})
+                             "reason": ["empty text", "missing field 'text'"]}), dead_dir / "shard-00000.parquet")
+    st.dead_letters = str(dead_dir)
+    st.events.append(Event("swap", 1.7e9, {"alias": "docs_live", "forced": True}))
     return st
 
 
@@ -65,25 +59,26 @@ VERIFY = {
 
 def test_record_run_compacts_the_timeline(tmp_path):
     stats = RunStats(processed=5000, pipeline_s=10.0, timeline=[(i * 0.01, i) for i in range(1, 5001)])
-    runs = record_run([{"old": True}], stats)
-    assert len(runs) == 2 and runs[0] == {"old": True}
-    tl = runs[1]["timeline"]
+    old = RunRecord(ended_at=1.0, pipeline_s=1.0, points=1, points_per_s=1.0)
+    runs = record_run([old], stats)
+    assert len(runs) == 2 and runs[0] == old
+    tl = runs[1].timeline
     assert len(tl) == TIMELINE_MAX + 1 and tl[0] == [0.0, 0] and tl[-1] == [50.0, 5000]
-    assert runs[1]["points_per_s"] == 500.0 and runs[1]["stages"] is None
+    assert runs[1].points_per_s == 500.0 and runs[1].stages is None
 
 
 def test_report_json_and_html(tmp_path):
     cfg = _cfg(tmp_path)
     state = _state(cfg, tmp_path)
-    path = write_report(cfg, state, verify=VERIFY)
-    assert path == run_dir(cfg, "abc123") / "report.html"
-    data = json.loads((path.parent / "report.json").read_text())
+    path = write_report(cfg, state, run_dir(cfg, "abc123"), verify=VERIFY)
+    assert path == str(run_dir(cfg, "abc123").local_path("report.html"))
+    data = json.loads(run_dir(cfg, "abc123").local_path("report.json").read_text())
     assert data["job"]["points_written"] == 998 and data["job"]["target"] == "docs_v2"
     assert data["retries"] == {"UNAVAILABLE": 3, "RESOURCE_EXHAUSTED": 1}
     assert data["dead_letters"]["count"] == 2 and data["dead_letters"]["reasons"]["empty text"] == 1
     assert data["verify"]["passed"] is False and data["events"][0]["action"] == "swap"
     assert data["config"]["qdrant"]["api_key"] is None
-    page = path.read_text()
+    page = open(path).read()
     assert "Verify FAILED" in page
     assert "<script>" not in page and "&lt;script&gt;" in page
     # throughput, stages, retries, dead letters, recall and score plots, all embedded
@@ -93,16 +88,16 @@ def test_report_json_and_html(tmp_path):
 
 def test_report_without_verify_says_so(tmp_path):
     cfg = _cfg(tmp_path)
-    page = write_report(cfg, _state(cfg, tmp_path)).read_text()
+    page = open(write_report(cfg, _state(cfg, tmp_path), run_dir(cfg, "abc123"))).read()
     assert "Not verified yet" in page
 
 
 def test_report_uses_the_checkpoint_summary_when_details_are_elsewhere(tmp_path):
     cfg = _cfg(tmp_path)
     state = _state(cfg, tmp_path)
-    state.info["verify"] = {"passed": True, "at": 1.7e9, "checked_points": 10, "full": False, "failed": [],
-                            "checks": [{"name": "count parity", "status": "pass", "detail": "ok"}]}
-    page = write_report(cfg, state).read_text()
+    state.verify = VerifySummary(passed=True, at=1.7e9, checked_points=10, full=False, failed=[],
+                                 checks=[CheckSummary("count parity", "pass", "ok")])
+    page = open(write_report(cfg, state, run_dir(cfg, "abc123"))).read()
     assert "Verify PASSED" in page and "on the machine that ran it" in page
 
 
@@ -116,7 +111,7 @@ def test_report_without_matplotlib_has_tables_and_a_hint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     cfg = _cfg(tmp_path)
-    page = write_report(cfg, _state(cfg, tmp_path), verify=VERIFY).read_text()
+    page = open(write_report(cfg, _state(cfg, tmp_path), run_dir(cfg, "abc123"), verify=VERIFY)).read()
     assert "data:image/png" not in page
     assert PLOTS_HINT.split(":")[0] in page and "reembed[report]" in page
     assert "payload equality" in page

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from qdrant_client import grpc as pb
 
+from engine.flow.text import PayloadText
 from engine.qdrant import values, wire
 
 
@@ -103,18 +104,20 @@ def test_sink_encode_matches_protobuf_messages(mode, name):
 @pytest.mark.parametrize(
     "payload,spec,expected",
     [
-        ({"text": "a b"}, values.TextSpec(field="text"), ("a b", None)),
-        ({"doc": {"body": "x"}}, values.TextSpec(field="doc.body"), ("x", None)),
-        ({}, values.TextSpec(field="text"), (None, "missing field 'text'")),
-        ({"text": 3}, values.TextSpec(field="text"), (None, "field 'text' is integer_value, not a string")),
-        ({"text": None}, values.TextSpec(field="text"), (None, "field 'text' is null, not a string")),
-        ({"text": "  \n"}, values.TextSpec(field="text"), (None, "empty text")),
-        ({"t": "T", "b": {"c": "B"}}, values.TextSpec(template="{t}\n\n{b.c}"), ("T\n\nB", None)),
-        ({"t": "T"}, values.TextSpec(template="{t} {b}"), (None, "missing field 'b'")),
+        ({"text": "a b"}, PayloadText(field="text"), ("a b", None)),
+        ({"doc": {"body": "x"}}, PayloadText(field="doc.body"), ("x", None)),
+        ({}, PayloadText(field="text"), (None, "missing field 'text'")),
+        ({"text": 3}, PayloadText(field="text"), (None, "field 'text' is integer_value, not a string")),
+        ({"text": None}, PayloadText(field="text"), (None, "field 'text' is null, not a string")),
+        ({"text": "  \n"}, PayloadText(field="text"), (None, "empty text")),
+        ({"t": "T", "b": {"c": "B"}}, PayloadText(template="{t}\n\n{b.c}"), ("T\n\nB", None)),
+        ({"t": "T"}, PayloadText(template="{t} {b}"), (None, "missing field 'b'")),
     ],
 )
 def test_text_spec(payload, spec, expected):
     assert spec.extract(values.payload_from_python(payload)) == expected
+    point = pb.RetrievedPoint(id=wire.point_id(1), payload=values.payload_from_python(payload))
+    assert spec.texts([point]) == [expected]
 
 
 def test_point_struct_from_retrieved_keeps_id_and_payload_only():
