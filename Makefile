@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration chaos bench clean
+.PHONY: install demo test test-unit test-integration chaos cluster bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3"; exit 2; }
@@ -24,11 +24,17 @@ install: $(STAMP)
 demo: install
 	$(PY) -m engine demo
 
+# The unit tier runs in a process of its own, where Ray is never imported (its conftest blocks it); then the tiers
+# that run Ray: integration (the embedded endpoint), chaos (kills and faults), cluster (several Ray nodes here).
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/chaos tests/cluster
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
+
+cluster: install
+	$(PY) -m pytest -q tests/cluster
 
 test-integration: install
 	$(PY) -m pytest -q tests/integration

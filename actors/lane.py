@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -29,8 +29,8 @@ from engine.flow.lane import LaneLoop, RedoPolicy
 from engine.flow.lease import Lease
 from engine.flow.page import PageMeta
 from engine.flow.seams import LaneReport, WorkerLost
-from engine.flow.sink import SinkSpec
 from engine.flow.seams import SourceFactory
+from engine.flow.sink import SinkSpec
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.retry import RetryPolicy
 from engine.qdrant.wire import PointIdValue
@@ -125,47 +125,63 @@ class RayStages:
         self._parts.pop(read_handle, None)
 
 
+@dataclass
+class LaneWorkers:
+    """A lane's worker actors (handles cross to the conductor)."""
+
+    embedder: Any
+    readers: list[Any]
+    writers: list[Any]
+
+
+def start_workers(spec: LaneSpec, shape: LaneShape, pg: Any, name: str) -> LaneWorkers:
+    """Create a lane's embedding actor, readers and writers in its placement group. Called by the pool beside the
+    conductor, so every process of the lane starts at once (a worker process takes seconds on a busy node)."""
+    restart = dict(max_restarts=-1, max_task_retries=0)
+
+    def in_bundle(i: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
+
+    env = {"OMP_NUM_THREADS": str(shape.threads), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           "TOKENIZERS_PARALLELISM": "true",
+           # OpenMP threads that spin at barriers burn the core a preempted sibling needs: on CPU the model
+           # shares the cores with the readers, writers and Ray. bench/e2e.py, MiniLM on 2 cores: ACTIVE 13.5
+           # texts/s, libgomp's default 52.9 (model alone 62.0), PASSIVE 53.4 of 56.5.
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    vectorizer = dict(spec.vectorizer)
+    if vectorizer.get("dense") is not None and not shape.gpus and vectorizer["dense"].get("threads") is None:
+        vectorizer["dense"] = {**vectorizer["dense"], "threads": shape.threads}
+    # On a GPU a second call tokenizes the next page while the model runs; on CPU the tokenizer would only take
+    # cores from the model (bench/e2e.py: no gain there), so one call at a time.
+    concurrency = tunables.EMBED_ACTOR_CONCURRENCY if shape.gpus else 1
+    embedder = ray.remote(EmbedWorker).options(
+        num_cpus=shape.embed_cpus, num_gpus=shape.gpus, max_concurrency=concurrency, name=f"{name}-embed",
+        scheduling_strategy=in_bundle(0), runtime_env={"env_vars": env}, **restart,
+    ).remote(vectorizer, spec.job_id)
+    # Two threads: a status question is answered while a read waits out an outage.
+    readers = [
+        ray.remote(ReaderWorker).options(num_cpus=shape.io_cpus, name=f"{name}-read-{i}", max_concurrency=2,
+                                         scheduling_strategy=in_bundle(1 + i), **restart)
+        .remote(spec.endpoint, spec.policy, spec.source, spec.job_id)
+        for i in range(shape.readers)
+    ]
+    sink = spec.sink if spec.sink.requests_in_flight == shape.requests_in_flight else \
+        replace(spec.sink, requests_in_flight=shape.requests_in_flight)
+    writers = [
+        ray.remote(WriterWorker).options(num_cpus=shape.io_cpus, max_concurrency=64, name=f"{name}-write-{i}",
+                                         scheduling_strategy=in_bundle(1 + shape.readers + i), **restart)
+        .remote(spec.endpoint, sink, spec.policy, spec.job_id)
+        for i in range(shape.writers)
+    ]
+    return LaneWorkers(embedder, readers, writers)
+
+
 class LaneActor:
-    """The conductor of one lane. Created inside the lane's placement group; builds the lane's workers there."""
+    """The conductor of one lane, in its placement group beside the lane's workers (start_workers)."""
 
-    def __init__(self, spec: LaneSpec, shape: LaneShape, pg: Any, name: str) -> None:
-        self.spec, self.shape, self.name = spec, shape, name
-        restart = dict(max_restarts=-1, max_task_retries=0)
-
-        def in_bundle(i: int) -> PlacementGroupSchedulingStrategy:
-            return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
-
-        env = {"OMP_NUM_THREADS": str(shape.threads), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-               "TOKENIZERS_PARALLELISM": "true",
-               # OpenMP threads that spin at barriers burn the core a preempted sibling needs: on CPU the model
-               # shares the cores with the readers, writers and Ray. bench/e2e.py, MiniLM on 2 cores: ACTIVE 13.5
-               # texts/s, libgomp's default 52.9 (model alone 62.0), PASSIVE 53.4 of 56.5.
-               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-        vectorizer = dict(spec.vectorizer)
-        if vectorizer.get("dense") is not None and not shape.gpus and vectorizer["dense"].get("threads") is None:
-            vectorizer["dense"] = {**vectorizer["dense"], "threads": shape.threads}
-        # On a GPU a second call tokenizes the next page while the model runs; on CPU the tokenizer would only take
-        # cores from the model (bench/e2e.py: no gain there), so one call at a time.
-        concurrency = tunables.EMBED_ACTOR_CONCURRENCY if shape.gpus else 1
-        self.embedder = ray.remote(EmbedWorker).options(
-            num_cpus=shape.embed_cpus, num_gpus=shape.gpus, max_concurrency=concurrency, name=f"{name}-embed",
-            scheduling_strategy=in_bundle(0), runtime_env={"env_vars": env}, **restart,
-        ).remote(vectorizer, spec.job_id)
-        # Two threads: a status question is answered while a read waits out an outage.
-        self.readers = [
-            ray.remote(ReaderWorker).options(num_cpus=shape.io_cpus, name=f"{name}-read-{i}", max_concurrency=2,
-                                             scheduling_strategy=in_bundle(1 + i), **restart)
-            .remote(spec.endpoint, spec.policy, spec.source, spec.job_id)
-            for i in range(shape.readers)
-        ]
-        sink = spec.sink if spec.sink.requests_in_flight == shape.requests_in_flight else \
-            SinkSpec(**{**spec.sink.__dict__, "requests_in_flight": shape.requests_in_flight})
-        self.writers = [
-            ray.remote(WriterWorker).options(num_cpus=shape.io_cpus, max_concurrency=64, name=f"{name}-write-{i}",
-                                             scheduling_strategy=in_bundle(1 + shape.readers + i), **restart)
-            .remote(spec.endpoint, sink, spec.policy, spec.job_id)
-            for i in range(shape.writers)
-        ]
+    def __init__(self, spec: LaneSpec, workers: LaneWorkers, name: str) -> None:
+        self.spec, self.name = spec, name
+        self.embedder, self.readers, self.writers = workers.embedder, workers.readers, workers.writers
         self.dead = DeadLetters(spec.runs_root, spec.job_id)
         self.loop = LaneLoop(RayStages(self.readers, self.embedder, self.writers), page_size=spec.page_size,
                              window=spec.pages_in_flight, policy=spec.redo, on_dead=self.dead.record, name=name)

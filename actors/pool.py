@@ -19,7 +19,7 @@ from ray import exceptions as rex
 from ray.util import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.lane import LaneActor, LaneSpec
+from actors.lane import LaneActor, LaneSpec, start_workers
 from actors.sizing import LaneOptions, LaneShape, node_lanes
 from engine import tunables
 from engine.embed.base import identity
@@ -45,6 +45,7 @@ class _Lane:
     node_id: str = ""
     poll_ref: Any = None
     up: bool = False
+    workers: Any = None  # the lane's worker actors (actors/lane.LaneWorkers), killed with the lane
 
 
 class RayLanePool:
@@ -98,11 +99,13 @@ class RayLanePool:
             ready, _ = ray.wait([lane.pg.ready()], timeout=0)
             if not ready:
                 continue
+            workers = start_workers(self.spec, lane.shape, lane.pg, lane.name)
             lane.actor = ray.remote(LaneActor).options(
                 num_cpus=0, max_concurrency=4, max_restarts=0, name=lane.name,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=lane.pg,
                                                                      placement_group_bundle_index=0),
-            ).remote(self.spec, lane.shape, lane.pg, lane.name)
+            ).remote(self.spec, workers, lane.name)
+            lane.workers = workers
             lane.start_ref = lane.actor.start.remote()
 
     def _collect_started(self, change: PoolChange) -> None:
@@ -215,6 +218,9 @@ class RayLanePool:
             except Exception:  # noqa: BLE001 - a dead or stuck conductor: its actors go with its placement group
                 pass
             ray.kill(lane.actor, no_restart=True)
+        if lane.workers is not None:  # a conductor that died early did not stop them
+            for actor in [lane.workers.embedder, *lane.workers.readers, *lane.workers.writers]:
+                ray.kill(actor, no_restart=True)
         remove_placement_group(lane.pg)
         self._lanes.pop(lane.name, None)
 

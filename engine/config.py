@@ -342,7 +342,9 @@ class LayoutConfig(_Section):
     quantization: LayoutQuantization = _field(
         "keep",
         "keep (the source's), none, scalar (int8, 4x smaller in RAM) or binary (32x smaller; for models trained for "
-        "it); applies to every vector of the new collection.",
+        "it); applies to every vector of the new collection. With the model that made the source vectors "
+        "(verify.old_model equal to model.name) a change here alone needs no model run: `reembed plan` says so and "
+        "`reembed requantize --apply` re-quantizes the source in place.",
     )
     strict_mode: Literal["keep", "off"] = _field(
         "keep", "keep (the source's strict-mode limits, rate limits included) or off (none on the new collection)."
@@ -716,7 +718,8 @@ class VerifyConfig(_Section):
     old_model: str | None = _field(
         None,
         "Model that made the source vectors (a model.name value, e.g. hashed-bow:256); enables old-vs-new labelled "
-        "metrics and self-retrieval on the old vectors. null = the new vectors only.",
+        "metrics and self-retrieval on the old vectors. Equal to model.name it says the model is unchanged: a "
+        "target.layout.quantization change is then answered without re-embedding. null = the new vectors only.",
     )
     eval_file: str | None = _field(
         None, "Labelled queries, JSONL or Parquet rows of {query, relevant_ids}; `reembed verify --eval` overrides."

@@ -56,7 +56,8 @@ LANE_REPORT_MIN_S = 0.2  # a lane holds its report at least this long after the 
 # many pages' acks: the driver's cost is per report (bench/coordinator.py), not per page.
 LANE_START_TIMEOUT_S = 600.0  # a lane's actors placed and its model loaded; a big model on a cold node takes minutes.
 RESOURCE_WAIT_S = 600.0  # pipeline.min_gpus: how long a job waits for the cluster (an autoscaler) to offer them.
-STEAL_MIN_POINTS = 4096  # a range is split for an idle lane only when more than this is left (a few pages).
+STEAL_MIN_PAGES = 4  # a range is split for an idle lane only when more than this many pages are left: below that
+# the split costs more (a new lease, its first read) than the pages it moves.
 SEARCH_PROBE_INTERVAL_S = 1.0  # one probe search a second: enough for a p99 over a minute, one query on the server.
 SPLIT_SAMPLE = 8192  # ids sampled to find split points: resolution of ~1/8192 of the collection per sampled id.
 
@@ -84,3 +85,38 @@ CHECKPOINT_MIN_INTERVAL_S = 1.0  # a crash redoes in-flight pages + <= 1 s of co
 # --- strategies ---------------------------------------------------------------------------------------------------
 DEFERRED_INDEXING_THRESHOLD_KB = 2**40  # "very high" (guide): no segment reaches it, so no HNSW builds during a load.
 INDEX_GREEN_TIMEOUT_S = 6 * 3600.0  # building HNSW for 100M+ vectors takes hours; after this, report and stop waiting.
+SIDE_BY_SIDE_ON_DISK_BYTES = 4096  # side_by_side keeps a dense vector of >= 4 KiB per point (1024+ float32 dims, e.g.
+# 1024-d bge-large/e5-large, 1536-d OpenAI) on disk while both models live, as the guide asks for "large vectors": at
+# that size the vector is ~95 % of a point's RAM (HNSW links at m=16 are ~140 B), so a second model doubles the
+# collection's RAM (~400 GiB per 100M points each). Smaller ones (384/768-d) add under 3 KiB/point; for them page-cache
+# reads during search would cost more than the RAM they save. Multivectors go on disk whatever their size.
+SMALL_COLLECTION_BYTES = 25 * 10**6  # the guide: "for small datasets (<25MB), re-indexing from source is faster than
+# using the migration tool"; `reembed plan` gives that advice below this many bytes of source data.
+
+# --- verify -------------------------------------------------------------------------------------------------------
+POINT_BATCH = 256  # sampled points fetched (and re-embedded) per request: Get replies of a few MB at most.
+SAMPLE_CHUNK = 100_000  # ids per random-sample request: ~2 MB replies, far below the 64 MiB channel limit.
+COUNT_STREAMS = 4  # shards counted in parallel by the default thread map: 2-4 streams saturate a server (Qdrant's
+# bulk guidance); a Ray map runs one task per shard instead.
+SHOW_IDS = 20  # ids named per problem in messages and reports: enough to find the pattern, bounded memory.
+SHOW_IN_DETAIL = 5  # ids quoted in one check's one-line detail.
+NDCG_AT = 10  # Qdrant's search-quality guidance measures nDCG at 10.
+SPAN_WORDS = 32  # self-retrieval query: the first half of a text's words, at most this many (a short query).
+QUERY_SEED = 20240601  # the reservoir of query points is reproducible for the same sample.
+FUSION_PREFETCH = 50  # candidates per side of a hybrid query before RRF: deep enough that a point ranked well by one
+# side only still reaches the fused top 10, small enough to stay one request per side (Qdrant's hybrid examples use
+# 20-100).
+RRF_K = 2  # Qdrant's default RRF constant (lib/segment/src/common/score_fusion.rs DEFAULT_RRF_K): sent explicitly so
+# the fused ranking does not depend on a server's default.
+COPY_RTOL, COPY_ATOL = 1e-6, 1e-7  # a copied vector is the source's bytes; a cosine collection renormalises on insert
+# (lib/segment/src/spaces/simple.rs CosineMetric::preprocess), which can move the last float32 bit, no more.
+RAY_MAP_CPUS = 0.25  # a count-parity task mostly waits on the network: a quarter CPU lets 4 run per core beside lanes.
+RAY_MAP_IN_FLIGHT = 16  # tasks in flight per map: a few per node of a small cluster; bounded so the driver holds
+# at most this many results before it consumes them.
+REMOTE_EMBED_CPUS = 1.0  # the remote embedder's CPU: tokenisation and the CUDA launch thread (as a lane's embedder).
+
+# --- doctor -------------------------------------------------------------------------------------------------------
+DOCTOR_NODE_TIMEOUT_S = 300.0  # a node's whole check: a first model download from the hub takes minutes; a node that
+# has not answered by then would not start a lane either.
+DOCTOR_MIN_FREE_GPU_FRACTION = 0.5  # a GPU with less free memory than this is used by another process: the lane's
+# model and its token-budget batches would compete with it for memory (out-of-memory mid-run) and for compute.

@@ -12,7 +12,8 @@ from typing import Any
 from actors.pool import RayLanePool
 from actors.start import start_ray
 from engine.app import wiring
-from engine.app.lanes import lane_options, lane_spec
+from engine.app.lanes import lane_options, lane_spec, vectorizer_spec
+from engine import tunables
 from engine.config import JobConfig
 from engine.errors import PreconditionError
 from engine.flow import shards as planning
@@ -54,8 +55,6 @@ def run_catch_up(cfg: JobConfig) -> dict[str, Any]:
                                   shards=shards, parts=parts, server=state.server, decision=d)
             store.save(pass_state)
         start_ray()
-        from engine.app.job import vectorizer_spec
-
         root = wiring.runs_root(cfg)
         lanes = replace(lane_spec(cfg, job_id, d, vectorizer_spec(cfg, d, None), root), source=spec)
         pool = RayLanePool(lanes, lane_options(cfg), name_prefix=f"reembed-{job_id}-cu",
@@ -67,6 +66,7 @@ def run_catch_up(cfg: JobConfig) -> dict[str, Any]:
                 splitter=planning.SampleSplitter(client, cfg.source.collection, client.count(cfg.source.collection)),
                 options=CoordinatorOptions(save_interval_s=cfg.pipeline.checkpoint_interval_s,
                                            streams_per_lane=cfg.pipeline.streams_per_lane,
+                                           steal_min_points=tunables.STEAL_MIN_PAGES * cfg.pipeline.scroll_page,
                                            lane_wait_s=cfg.pipeline.lane_start_timeout_s)).run()
         finally:
             pool.close()

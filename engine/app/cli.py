@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "engine.app.commands",
     "engine.app.verify_cmd",
     "engine.app.plan_cmd",
+    "engine.app.doctor",
 )
 
 
@@ -30,16 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a command module not built yet; the others still work
-                continue
-            raise
+        except ImportError as exc:
+            # A command that silently vanished from --help would hide a broken install.
+            why = str(exc).splitlines()[0] if str(exc) else ""
+            raise ReembedError(
+                f"the command module {name} cannot be imported ({type(exc).__name__}: {why}); reinstall reembed "
+                "(pip install the wheel, or pip install -e . in a checkout) so every module and dependency is there"
+            ) from None
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ReembedError as exc:
+        print(f"reembed: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,4 +1,4 @@
-"""The job commands: run, status, swap, rollback, cleanup, demo."""
+"""The job commands: run, status, swap, rollback, cleanup, requantize, demo."""
 
 from __future__ import annotations
 
@@ -8,25 +8,14 @@ import logging
 
 from engine.app import job as jobs
 from engine.app import wiring
+from engine.app.args import config_args, load
 from engine.migration.cutover import cleanup, drop_vector, rollback, swap
 
 log = logging.getLogger(__name__)
 
 
-def _load(args: argparse.Namespace):
-    from engine.config import load_config
-
-    return load_config(args.config, overrides=args.set or ())
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", required=True, help="job YAML (see configs/)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set pipeline.shards=16 (repeatable)")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load(args)
     result = jobs.run_job(cfg, restart=args.restart, progress=not args.quiet, catch_up=args.catch_up)
     print(jobs.dumps(result), flush=True)
     return 0
@@ -38,7 +27,7 @@ def _store(cfg):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load(args)
     client, store = _store(cfg)
     job_id = wiring.job_id_of(cfg)
     state = store.load(job_id)
@@ -62,7 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_swap(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load(args)
     client, store = _store(cfg)
     event = swap(client, store, wiring.job_id_of(cfg), cfg.target.alias, cfg.source.collection,
                  wiring.target_collection(cfg), force=args.force)
@@ -71,7 +60,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load(args)
     client, store = _store(cfg)
     print(json.dumps(rollback(client, store, wiring.job_id_of(cfg), cfg.target.alias, cfg.source.collection),
                      default=str))
@@ -79,7 +68,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load(args)
     client, store = _store(cfg)
     if args.drop_vector:
         # The collection the job wrote: the source in place, the new collection for side-by-side on old servers.
@@ -96,6 +85,50 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_requantize(args: argparse.Namespace) -> int:
+    """Change the source's quantization to target.layout.quantization without a model run: Qdrant re-quantizes the
+    stored vectors after one UpdateCollection (strategies.requantize_request). Prints the request; --apply sends it
+    and waits for the collection to turn green."""
+    from google.protobuf.json_format import MessageToDict
+
+    from engine import tunables
+    from engine.errors import PreconditionError
+    from engine.migration import strategies
+
+    cfg = load(args)
+    requested = cfg.target.layout.quantization
+    if requested == "keep":
+        raise PreconditionError("target.layout.quantization is keep, so there is no quantization to change; set it "
+                                "to none, scalar or binary")
+    client, _ = wiring.connect(cfg)
+    try:
+        collection = client.resolve(cfg.source.collection)  # an alias names the collection it points at
+        info = client.collection_info(collection)
+        if info is None:
+            raise PreconditionError(f"source collection {cfg.source.collection!r} does not exist; set "
+                                    "source.collection to the collection to re-quantize")
+        current = strategies.quantization_of(info)
+        out: dict = {"collection": collection, "current": current, "requested": requested}
+        if current == requested:
+            out.update(update_collection=None, applied=False, note=f"already {requested}: nothing to change")
+            print(json.dumps(out, sort_keys=True))
+            return 0
+        request = strategies.requantize_request(collection, info, requested)
+        out["update_collection"] = MessageToDict(request, preserving_proto_field_name=True)
+        out["applied"] = False
+        if args.apply:
+            client.update_collection(request)
+            status, waited = client.wait_green(collection, args.timeout_s or tunables.INDEX_GREEN_TIMEOUT_S)
+            out.update(applied=True, status=status, waited_s=round(waited, 1),
+                       quantization_now=strategies.quantization_of(client.collection_info(collection) or info))
+            log.info("%s re-quantized %s -> %s (status %s after %.0f s)", collection, current, requested, status,
+                     waited)
+        print(json.dumps(out, sort_keys=True))
+    finally:
+        client.close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.app.demo import run_demo
 
@@ -104,7 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run or resume a migration job")
-    _config_args(p)
+    config_args(p)
     p.add_argument("--restart", action="store_true", help="discard this job's checkpoint and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--catch-up", action="store_true",
@@ -112,25 +145,33 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="per-shard progress from the checkpoint")
-    _config_args(p)
+    config_args(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("swap", help="point the alias at the new collection (atomic)")
-    _config_args(p)
+    config_args(p)
     p.add_argument("--force", action="store_true", help="swap even without a passing verify (recorded)")
     p.set_defaults(func=cmd_swap)
 
     p = sub.add_parser("rollback", help="point the alias back at the source collection")
-    _config_args(p)
+    config_args(p)
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("cleanup", help="delete the old collection after a swap, or (--drop-vector) the old vector")
-    _config_args(p)
+    config_args(p)
     p.add_argument("--drop-vector", metavar="OLD",
                    help="in-place jobs: drop this old named vector (and its data) instead of a collection")
     p.add_argument("--confirm", action="store_true", help="required: the deletion cannot be undone")
     p.add_argument("--force", action="store_true", help="clean up even without a passing verify (recorded)")
     p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser("requantize", help="change only the source's quantization (target.layout.quantization): no "
+                                          "model run; prints the UpdateCollection, --apply sends it")
+    config_args(p)
+    p.add_argument("--apply", action="store_true", help="send the request and wait for the collection to turn green")
+    p.add_argument("--timeout-s", type=float, default=None,
+                   help="stop waiting for green after this long (default: the index-build timeout, 6 h)")
+    p.set_defaults(func=cmd_requantize)
 
     p = sub.add_parser("demo", help="a real migration on the embedded endpoint: stdlib docstrings, legacy -> MiniLM")
     p.add_argument("--data", default="demo-data", help="endpoint data directory (wiped at start)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from qdrant_client import grpc as pb
@@ -20,17 +19,16 @@ from qdrant_client import grpc as pb
 from actors.metrics import StageSampler, metrics
 from actors.pool import RayLanePool
 from actors.start import start_ray, wait_for_gpus
-from engine.app import wiring
-from engine.app.lanes import lane_options, lane_spec
+from engine.app import doctor, wiring
+from engine.app.lanes import lane_options, lane_spec, vectorizer_spec
+from engine.app.preconditions import Probe, probe
 from engine.app.progress import Progress
 from engine.config import JobConfig
 from engine.embed.base import IDENTITY_KEYS
-from engine.errors import PreconditionError
 from engine.flow import shards as planning
 from engine.flow.checkpoint import CheckpointStore, check_resume, fingerprint
 from engine.flow.coordinator import Coordinator, CoordinatorOptions, RunStats
 from engine.flow.deadletters import DeadLetters
-from engine.flow.source import SourceSpec
 from engine.flow.state import Decision, JobState
 from engine.migration import strategies
 from engine.migration.target import check_target, create_target
@@ -43,64 +41,6 @@ from engine.verify.report import record_run, write_report_quietly
 
 log = logging.getLogger(__name__)
 
-TEXT_PROBE_POINTS = 256  # points read to check the text exists before anything is written
-
-
-@dataclass
-class Probe:
-    """What the preconditions found: the source, its size and schema, and the road the job takes."""
-
-    source_info: pb.CollectionInfo
-    total: int
-    schema: strategies.SourceSchema
-    decision: Decision
-
-
-def check_source(cfg: JobConfig, client: QdrantGrpc) -> tuple[pb.CollectionInfo, int]:
-    src = cfg.source.collection
-    info = client.collection_info(src)
-    if info is None:
-        known = ", ".join(sorted(client.list_collections())[:10]) or "none"
-        raise PreconditionError(
-            f"source collection {src!r} does not exist on {client.endpoint.address} (collections: {known}); "
-            "set source.collection to an existing collection or alias"
-        )
-    # An exact count is a full scan: a collection in strict mode may forbid it; the estimate then sizes the plan.
-    total = client.count(src, exact=StrictMode.from_info(info).exact_allowed())
-    if total == 0 or cfg.shortcut.kind != "none":
-        return info, total  # a shortcut reads stored vectors, not text (strategies.decide checks the vector)
-    spec = wiring.text_spec_of(cfg)
-    # The first page, read as the lanes will read it (large replies split, unreadable points recorded).
-    reader = SourceSpec(collection=src, text=spec, copy_payload=False).open(client)
-    key = (client.list_shard_keys(src) or [None])[0] if strategies.is_custom_sharded(info) else None
-    meta, _, _ = reader.read_page(0, 0, None, None, StrictMode.from_info(info).page_limit(TEXT_PROBE_POINTS),
-                                  shard_key=key)
-    reasons = [reason for _, reason in meta.dead]
-    if meta.n_texts or not reasons:
-        return info, total
-    if spec.dataset is not None:
-        if all(r.startswith("no row") for r in reasons):
-            raise PreconditionError(
-                f"none of {len(reasons)} sampled point ids of {src!r} has a row in source.text_dataset "
-                f"({spec.dataset}, column {spec.id_column!r}); check the dataset and the id column"
-            )
-    elif all(r.startswith("missing field") for r in reasons):
-        points, _ = client.scroll(src, None, 16, with_payload=True, shard_key=key)
-        seen = sorted({k for p in points for k in p.payload.keys()})[:12]
-        raise PreconditionError(
-            f"the text field ({spec.describe()}) is absent from every one of {len(reasons)} sampled points of "
-            f"{src!r} (payload fields seen: {', '.join(seen) or 'none'}); set source.text_field or "
-            "source.text_template to where the text lives"
-        )
-    return info, total
-
-
-def probe(cfg: JobConfig, client: QdrantGrpc, server: ServerInfo) -> Probe:
-    """Every check that needs no model: the source, its text, its schema, and the strategy for this server."""
-    source_info, total = check_source(cfg, client)
-    schema = strategies.SourceSchema.from_info(cfg.source.collection, source_info, total)
-    decision = strategies.decide(cfg, server, schema)
-    return Probe(source_info, total, schema, decision)
 
 
 def fingerprint_parts(cfg: JobConfig, model: dict, boundaries: list, decision: Decision) -> dict[str, Any]:
@@ -129,17 +69,6 @@ def _v1_decision(decision: Decision) -> dict[str, Any]:
             "vector_input": decision.vector_input, "reason": decision.reason}
 
 
-def vectorizer_spec(cfg: JobConfig, decision: Decision, shortcut: dict | None) -> dict:
-    """The embedding actors' spec (engine/embed/vectorize.py): the dense model, a sparse encoder, a shortcut."""
-    sparse = None
-    if decision.sparse_name is not None:
-        sp = cfg.sparse
-        sparse = {"model": sp.model, "language": sp.language, "k": sp.k, "b": sp.b, "avg_len": sp.avg_len,
-                  "max_length": sp.max_length, "device": cfg.model.device}
-    dense = cfg.model_spec() if decision.dense_name is not None and shortcut is None else None
-    return {"dense": dense, "sparse": sparse, "shortcut": shortcut}
-
-
 def run_job(cfg: JobConfig, *, restart: bool = False, progress: bool = True, catch_up: bool = False,
             on_pool: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the job; returns the summary. Raises ReembedError subclasses with one-line causes.
@@ -160,6 +89,8 @@ def _run_backfill(cfg: JobConfig, *, restart: bool, progress: bool,
     try:
         # The version and the schema decide the road before anything is written (the guide's first rule).
         found = probe(cfg, client, server)
+        # The cheap part of `reembed doctor`: the store and the run directory writable, before anything is written.
+        doctor.require(doctor.preflight(cfg, client, server, found=found))
         decision = found.decision
         log.info("strategy %s (%s layout): %s", decision.strategy, decision.layout, decision.reason)
         if decision.layout == "new_collection" and server.version_tuple() < strategies.UPDATE_MODE_SINCE:
@@ -227,10 +158,14 @@ def _run_backfill(cfg: JobConfig, *, restart: bool, progress: bool,
                 bar(state_, stats_)
 
             coordinator = Coordinator(
-                state, pool, store, splitter=planning.SampleSplitter(client, cfg.source.collection, found.total),
+                state, pool, store, splitter=planning.SampleSplitter(
+                    client, cfg.source.collection, found.total,
+                    # a sample is a Query: the source's strict-mode query limit bounds it like any other
+                    sample=StrictMode.from_info(found.source_info).sample_limit(tunables.SPLIT_SAMPLE)),
                 on_progress=on_progress, options=CoordinatorOptions(
                     save_interval_s=cfg.pipeline.checkpoint_interval_s,
                     streams_per_lane=cfg.pipeline.streams_per_lane,
+                    steal_min_points=tunables.STEAL_MIN_PAGES * cfg.pipeline.scroll_page,
                     lane_wait_s=cfg.pipeline.lane_start_timeout_s))
             log.info("job %s: %d points in %s, %d shards (%d done); lanes as nodes offer them", job_id, found.total,
                      cfg.source.collection, len(state.shards), sum(s.done for s in state.shards))

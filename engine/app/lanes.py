@@ -19,6 +19,17 @@ from engine.qdrant.pacing import PacingSettings
 from engine.qdrant.strict import StrictMode
 
 
+def vectorizer_spec(cfg: JobConfig, decision: Decision, shortcut: dict | None) -> dict:
+    """The embedding actors' spec (engine/embed/vectorize.py): the dense model, a sparse encoder, a shortcut."""
+    sparse = None
+    if decision.sparse_name is not None:
+        sp = cfg.sparse
+        sparse = {"model": sp.model, "language": sp.language, "k": sp.k, "b": sp.b, "avg_len": sp.avg_len,
+                  "max_length": sp.max_length, "device": cfg.model.device}
+    dense = cfg.model_spec() if decision.dense_name is not None and shortcut is None else None
+    return {"dense": dense, "sparse": sparse, "shortcut": shortcut}
+
+
 def sink_spec(cfg: JobConfig, decision: Decision, target: StrictMode) -> SinkSpec:
     p = cfg.pipeline
     # The job's points/s cap reaches each writer as its share, set by the pool as lanes come and go.

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from engine.app.commands import _config_args, _load
+from engine.app.args import config_args, load
 
 
 def _sample(text: str) -> int:
@@ -24,7 +24,7 @@ def _sample(text: str) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from engine.app.verify_job import run_verify
 
-    cfg = _load(args)
+    cfg = load(args)
     result = run_verify(cfg, sample=args.sample, eval_file=args.eval)
     for line in result.lines():
         print(line)
@@ -40,7 +40,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from engine.errors import PreconditionError
     from engine.verify.report import write_report
 
-    cfg = _load(args)
+    cfg = load(args)
     client, _ = wiring.connect(cfg)
     try:
         store = wiring.make_store(cfg, client)
@@ -58,7 +58,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("verify", help="check the target before cutover (exit 0 pass, 1 fail); writes the report")
-    _config_args(p)
+    config_args(p)
     p.add_argument("--sample", type=_sample, default=None, metavar="N",
                    help="points to check (default verify.sample); 'all' or any N >= the collection checks every point")
     p.add_argument("--eval", default=None, metavar="FILE",
@@ -66,5 +66,5 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("report", help="write report.json and report.html for the job (no server writes)")
-    _config_args(p)
+    config_args(p)
     p.set_defaults(func=cmd_report)

@@ -3,11 +3,15 @@ a shortcut that turns the stored old vectors into new ones without a model (Matr
 linear map).
 
 `build_vectorizer(spec)` takes one plain dict so it can be shipped to a Ray actor:
-  {"dense": <model spec for engine.embed.build_embedder> | None,
+  {"dense": <model spec for engine.embed.build_embedder> | None  (kind late_interaction: a multivector per text),
    "sparse": <spec for engine.embed.sparse.build_sparse> | None,
    "shortcut": {"kind": "matryoshka", "dim", "normalize"} | {"kind": "linear_map", "matrix", "bias", "normalize",
                 "digest"} | None}
 With a shortcut, the inputs are the stored vectors (a list of float32 rows) rather than texts.
+
+What `embed` returns: a float32 array [n, dim] for a dense model alone (the common case, kept a plain array so it
+crosses Ray as one buffer), else a VectorSet: a sparse vector beside it (hybrid), or a late-interaction model's token
+matrices in `VectorSet.multi` (the writer tells a multivector from a dense vector by where it finds it).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 
 from engine.embed.base import truncate_and_normalize
 from engine.errors import ModelError
-from engine.embed.vectorset import VectorSet
+from engine.embed.vectorset import MultiVectors, VectorSet
 
 
 class Shortcut:
@@ -82,10 +86,13 @@ class Vectorizer:
     def embed(self, inputs: Sequence[Any]) -> np.ndarray | VectorSet:
         if self.shortcut is not None:
             return self.shortcut.apply(inputs)
-        dense = self.dense.embed(inputs) if self.dense is not None else None
-        if self.sparse is None:
+        made = self.dense.embed(inputs) if self.dense is not None else None
+        multi = made if isinstance(made, MultiVectors) else None
+        dense = None if multi is not None else made
+        if self.sparse is None and multi is None:
             return dense  # type: ignore[return-value]
-        return VectorSet(dense=dense, sparse=self.sparse.encode(inputs))
+        sparse = self.sparse.encode(inputs) if self.sparse is not None else None
+        return VectorSet(dense=dense, sparse=sparse, multi=multi)
 
     def describe(self) -> dict:
         if self.shortcut is not None:

@@ -44,10 +44,10 @@ class Splitter(Protocol):
 class CoordinatorOptions:
     save_interval_s: float = 1.0  # a crash redoes in-flight pages + at most this long of commits
     poll_timeout_s: float = 0.5  # one wait for lane reports; bounds how late a new lane or a split is noticed
-    refresh_interval_s: float = 5.0  # how often the pool is asked for new or lost lanes
+    refresh_interval_s: float = 1.0  # how often the pool is asked for new or lost lanes (a GCS query: cheap)
     streams_per_lane: int = 2  # leases a lane reads at once: a lease reads one page at a time (the next offset
     # comes from the previous page), so a second lease keeps the lane fed at a lease's end and on slow reads
-    steal_min_points: int = 4096  # split only ranges with more than this left: a few pages, else it is the tail
+    steal_min_points: int = 4096  # split only ranges with more than this left (STEAL_MIN_PAGES pages of the job)
     split_retry_s: float = 10.0  # a lease that refused a split is not asked again for this long
     stall_report_s: float = 30.0  # without progress this long, the progress line says what the job waits for
     lane_wait_s: float = 600.0  # with no lane at all this long (no node can host one), the job stops

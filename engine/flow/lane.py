@@ -224,6 +224,8 @@ class LaneLoop:
         st.pages_written += 1
         st.write_requests += ack.requests
         st.points_redone += ack.already_present
+        if ack.already_present and page.attempts == 1 and page.unavailable_since is None:
+            st.pages_redone += 1  # written before, by a lane or a run that was lost: a redo nobody counted yet
         for cause, n in [*ack.retries.items(), *meta.retries.items()]:
             st.retries[cause] = st.retries.get(cause, 0) + n
         for key, n in meta.tally.items():

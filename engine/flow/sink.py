@@ -4,6 +4,10 @@ Requests carry 64-256 points (Qdrant's bulk guidance) and stay far below the ser
 number of requests is in flight per writer. Every write is idempotent — `insert_only` upserts for a new collection
 (a point the live application already wrote with the new model is never overwritten), `UpdateVectors` in place —
 so retries after an unknown outcome are harmless.
+
+A late-interaction model's token matrices go as MultiDenseVectors under the new vector's name (in Qdrant a
+multivector is a dense vector with a multivector_config). A ColBERT point is ~90 KB (180 tokens x 128 floats), so
+its requests are cut by bytes (max_request_bytes) long before they reach upload_batch points.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from engine.flow.page import PageBody, WriteAck
 from engine.qdrant import retry, wire
 from engine.qdrant.pacing import PacingSettings, WriteController
 from engine.qdrant.connection import MAX_MESSAGE_BYTES, Endpoint
-from engine.embed.vectorset import VectorSet
+from engine.embed.vectorset import MultiVectors, VectorSet
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,15 @@ class QdrantSink:
         fields: dict[int, bytes] = {}
         if vectors is None or not len(body.text_index):
             return fields
+        if isinstance(vectors, MultiVectors):
+            vectors = VectorSet(dense=None, sparse=None, multi=vectors)
         dense, sparse = (vectors.dense, vectors.sparse) if isinstance(vectors, VectorSet) else (vectors, None)
+        multi = vectors.multi if isinstance(vectors, VectorSet) else None
+        if multi is not None:
+            if dense is not None:
+                raise ValueError("the embedder made a dense vector and a multivector for one vector name; a job "
+                                 "writes one of them (model.kind dense or late_interaction)")
+            self._multi_fields(body, multi, field, fields)
         if dense is not None:
             arr = np.ascontiguousarray(dense, dtype="<f4")
             step = 4 * arr.shape[1]
@@ -95,6 +107,25 @@ class QdrantSink:
                 idx, val = sparse[row]
                 fields[pos] = fields.get(pos, b"") + wire.vectors_field({name: wire.sparse_vector(idx, val)}, field)
         return fields
+
+    def _multi_fields(self, body: PageBody, multi: MultiVectors, field: int, fields: dict[int, bytes]) -> None:
+        """Each text's token matrix as a MultiDenseVector under the new vector's name (a multivector in Qdrant is
+        a dense vector with a multivector_config). The page's rows are encoded in one pass; each point's multivector
+        is a slice of that body behind a header computed from its length."""
+        if len(multi) != len(body.text_index):
+            raise ValueError(f"the embedder made {len(multi)} multivectors for {len(body.text_index)} texts")
+        body_bytes, step = wire.multi_dense_body(multi.data)
+        name = self.spec.vector_name
+        offsets = multi.offsets
+        for row, pos in enumerate(body.text_index):
+            lo, hi = int(offsets[row]), int(offsets[row + 1])
+            if hi == lo:
+                raise ValueError(f"the model made no token vectors for point {body.ids[pos]!r}; Qdrant refuses an "
+                                 "empty multivector (check the checkpoint's skiplist and doc_maxlen)")
+            head = wire.multi_dense_header((hi - lo) * step)
+            vec_len = len(head) + (hi - lo) * step
+            fields[pos] = (fields.get(pos, b"") + wire.vector_field_prefix(name, vec_len, field) + head
+                           + body_bytes[lo * step:hi * step])
 
     def encode(self, body: PageBody, vectors: np.ndarray | VectorSet | None
                ) -> tuple[list[wire.PointIdValue], list[bytes]]:

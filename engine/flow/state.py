@@ -50,6 +50,22 @@ class ShardState:
 
 
 @dataclass(frozen=True)
+class OnDiskOverride:
+    """A vector put on disk while both models live in one collection (side_by_side), and the user's own setting
+    that `swap` / `cleanup` put back (see engine.migration.strategies.on_disk_overrides)."""
+
+    collection: str
+    vector: str  # "" = the collection's unnamed vector
+    reason: str  # why it went on disk, as `reembed plan` prints it
+    restore_on_disk: bool | None = None  # the setting the user asked for; None: none was asked, it stays on disk
+    restore_memory: str | None = None  # the `memory` placement (Cold/Cached/Pinned, Qdrant >= 1.19) asked for, if any
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OnDiskOverride:
+        return cls(**_pick(cls, data))
+
+
+@dataclass(frozen=True)
 class Decision:
     """The road the job takes (see engine.migration.strategies.decide)."""
 
@@ -63,6 +79,7 @@ class Decision:
     vector_input: str | None = None  # shortcuts: stored vector transformed instead of text
     reason: str = ""
     multi_name: str | None = None  # late interaction: the new multivector
+    on_disk: tuple[OnDiskOverride, ...] = ()  # side_by_side: vectors kept on disk while both models live
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +92,7 @@ class Decision:
             data["dense_name"] = data.pop("dense_vector")
         if "sparse_vector" in data and "sparse_name" not in data:
             data["sparse_name"] = data.pop("sparse_vector")
+        data["on_disk"] = tuple(OnDiskOverride.from_dict(o) for o in data.get("on_disk") or ())
         return cls(**_pick(cls, data))
 
     @property

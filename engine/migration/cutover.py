@@ -9,7 +9,10 @@ an existing alias of that name in one step (`insert` into the alias map overwrit
 action sent; the alias is then read back to confirm where it points.
 
 The gate: `swap` and `cleanup` refuse unless the latest `reembed verify` of the job passed (the state's verify
-summary); `force` overrides, and the event records that it was forced and what the latest verify said."""
+summary); `force` overrides, and the event records that it was forced and what the latest verify said.
+
+Both also end a side-by-side comparison: the vectors the job kept on disk while both models lived get back the
+placement the user had asked for (`restore_on_disk`)."""
 
 from __future__ import annotations
 
@@ -92,8 +95,9 @@ def swap(client: QdrantGrpc, store: CheckpointStore, job_id: str, alias: str | N
     state = _finished_state(store, job_id, "swap")
     verified = verify_gate(state, "swap", force)
     before = point_alias(client, alias, target)
+    restored = restore_on_disk(client, state)
     event = state.add_event("swap", alias=alias, **{"from": before or source, "to": target}, forced=force,
-                            verify=verified)
+                            verify=verified, **({"on_disk_restored": restored} if restored else {}))
     store.save(state)
     log.info("alias %s now points at %s (was %s)", alias, target, before)
     return event.to_dict()
@@ -137,7 +141,9 @@ def cleanup(client: QdrantGrpc, store: CheckpointStore, job_id: str, source: str
     verified = verify_gate(state, "cleanup", force)
     if client.collection_exists(source):
         client.delete_collection(source)
-    event = state.add_event("cleanup", deleted=source, forced=force, verify=verified)
+    restored = restore_on_disk(client, state)
+    event = state.add_event("cleanup", deleted=source, forced=force, verify=verified,
+                            **({"on_disk_restored": restored} if restored else {}))
     store.save(state)
     return event.to_dict()
 
@@ -181,7 +187,46 @@ def drop_vector(client: QdrantGrpc, store: CheckpointStore, job_id: str, collect
     verified = verify_gate(state, "cleanup", force)
     client.delete_vector_name(collection, vector)
     state.dropped_vectors = sorted({*state.dropped_vectors, vector})
-    event = state.add_event("drop_vector", collection=collection, vector=vector, forced=force, verify=verified)
+    restored = restore_on_disk(client, state)
+    event = state.add_event("drop_vector", collection=collection, vector=vector, forced=force, verify=verified,
+                            **({"on_disk_restored": restored} if restored else {}))
     store.save(state)
     log.info("dropped vector %s from %s", vector, collection)
     return event.to_dict()
+
+
+def restore_on_disk(client: QdrantGrpc, state: JobState) -> list[dict]:
+    """Give the vectors a side-by-side job kept on disk while both models lived (the decision's `on_disk` records)
+    the placement the user had asked for: the source's own setting for a copied vector, target.on_disk for the new
+    one. Returns what was changed, for the event.
+
+    Idempotent, so swap, cleanup and drop_vector all call it: a vector already placed as asked, or gone (dropped,
+    its collection deleted), is left alone, and one nobody asked a placement for stays on disk."""
+    decision = state.decision
+    done: list[dict] = []
+    for record in decision.on_disk if decision is not None else ():
+        on_disk, memory = record.restore_on_disk, record.restore_memory
+        if on_disk is None and memory is None:
+            continue
+        info = client.collection_info(record.collection)
+        if info is None:
+            continue
+        vc = info.config.params.vectors_config
+        unnamed = record.vector == "" and vc.HasField("params")
+        if not unnamed and record.vector not in vc.params_map.map:
+            continue
+        params = vc.params if unnamed else vc.params_map.map[record.vector]
+        have_memory = pb.Memory.Name(params.memory) if params.HasField("memory") else None
+        if (on_disk is None or params.on_disk == on_disk) and (memory is None or have_memory == memory):
+            continue
+        req = pb.UpdateCollection(collection_name=record.collection)
+        diff = req.vectors_config.params if unnamed else req.vectors_config.params_map.map[record.vector]
+        if on_disk is not None:
+            diff.on_disk = on_disk
+        if memory is not None:
+            diff.memory = pb.Memory.Value(memory)
+        client.update_collection(req)
+        done.append({"collection": record.collection, "vector": record.vector, "on_disk": on_disk, "memory": memory})
+        log.info("vector %s.%s placed as asked again (on_disk %s, memory %s): both models no longer live side by "
+                 "side", record.collection, record.vector or "(unnamed)", on_disk, memory)
+    return done

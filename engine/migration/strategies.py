@@ -6,21 +6,26 @@ The guide's rules (FACTS.md, SEED-GUIDE.md):
   named vectors; otherwise the job writes a new collection and the application switches with an alias;
 - side-by-side on an older server (or an unnamed source) is a new collection defined with both vectors, the old
   ones copied; hybrid likewise adds a sparse vector (IDF modifier) in place or in a new collection;
-- HNSW building is deferred only for vectors the job creates, never by `m: 0` on an existing vector.
+- HNSW building is deferred only for vectors the job creates, never by `m: 0` on an existing vector;
+- a late-interaction model (ColBERT) writes a multivector: a dense vector with a MaxSim multivector_config;
+- while both models live in one collection (side_by_side), multivectors and large dense vectors go on disk ("put
+  large vectors on disk during side-by-side migration"), and `swap` / `cleanup` put back what the user had asked for;
+- a change of quantization alone needs no model run: Qdrant re-quantizes the stored vectors after one
+  UpdateCollection (`requantize_request`), and a small collection is faster re-indexed than migrated.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from qdrant_client import grpc as pb
 
 from engine import tunables
 from engine.errors import PreconditionError
-from engine.flow.state import Decision, IndexDeferral
+from engine.flow.state import Decision, IndexDeferral, OnDiskOverride
 from engine.qdrant.client import QdrantGrpc, ServerInfo
 from engine.qdrant.strict import StrictMode
 
@@ -67,7 +72,8 @@ class SourceSchema:
         return {
             "collection": self.collection,
             "points": self.points,
-            "vectors": {n or "(unnamed)": {"size": int(p.size), "distance": pb.Distance.Name(p.distance)}
+            "vectors": {n or "(unnamed)": {"size": int(p.size), "distance": pb.Distance.Name(p.distance),
+                                           **({"multivector": "MaxSim"} if p.HasField("multivector_config") else {})}
                         for n, p in self.dense.items()},
             "sparse_vectors": {n: {"modifier": pb.Modifier.Name(p.modifier) if p.HasField("modifier") else "None"}
                                for n, p in self.sparse.items()},
@@ -160,8 +166,112 @@ def decide(cfg, server: ServerInfo, schema: SourceSchema) -> Decision:
                                 copy_vectors=_copies(cfg, schema), vector_input=vector_input,
                                 reason=f"a new collection {cfg.target.collection!r} with the source's vectors copied "
                                        f"and {', '.join(repr(n) for n in (dense, sparse) if n)} added")
+    if cfg.model.kind == "late_interaction":
+        decision = _late_interaction(decision, cfg.target.distance, cfg.shortcut.kind)
+    if decision.strategy == "side_by_side":
+        new_vector = pb.VectorParams(size=_dim_hint(cfg.model.name, cfg.model.matryoshka_dim, cfg.shortcut.dim) or 0,
+                                     on_disk=cfg.target.on_disk)
+        if decision.multi_name is not None:
+            new_vector.multivector_config.comparator = pb.MultiVectorComparator.MaxSim
+        asked = cfg.target.on_disk if "on_disk" in cfg.target.model_fields_set else None
+        decision = replace(decision, on_disk=on_disk_overrides(decision, schema, new_vector=new_vector, asked=asked))
     _check_names(cfg, decision, schema)
     return decision
+
+
+def _late_interaction(d: Decision, distance: str, shortcut: str) -> Decision:
+    """A late-interaction model writes its new vector as a multivector (one row per token, scored by MaxSim): the
+    vector named target.vector_name is created with a multivector_config, so `dense_name` and `multi_name` name the
+    same vector (the writer and the schema code read `dense_name` for the name, `multi_name` for the kind)."""
+    if shortcut != "none":
+        raise PreconditionError(
+            f"shortcut {shortcut} derives one dense vector from each stored one, but model.kind late_interaction "
+            "embeds the text into token vectors; remove the shortcut section or set model.kind: dense"
+        )
+    if d.dense_name is None:
+        return d  # hybrid without target.vector_name: only the sparse vector is made, the model is not run
+    if distance not in ("Cosine", "Dot"):
+        raise PreconditionError(
+            f"target.distance {distance} does not fit model.kind late_interaction: MaxSim sums the best similarity "
+            "of unit token vectors; set target.distance to Cosine or Dot"
+        )
+    return replace(d, multi_name=d.dense_name,
+                   reason=f"{d.reason}; {d.dense_name or '(unnamed)'!r} is a multivector (late interaction: one "
+                          "vector per token, MaxSim)")
+
+
+def _dim_hint(model_name: str, matryoshka_dim: int | None, shortcut_dim: int | None) -> int | None:
+    """The new vectors' dimension where the config alone says it (a shortcut's or Matryoshka dim, a test embedder's
+    `hash:<dim>`); None when only the loaded model knows."""
+    if shortcut_dim is not None:
+        return int(shortcut_dim)
+    if matryoshka_dim is not None:
+        return int(matryoshka_dim)
+    kind, sep, dim = model_name.partition(":")
+    if sep and kind in ("hash", "hashed-bow") and dim.isdigit():
+        return int(dim)
+    return None
+
+
+# --- on disk while both models live (side_by_side) ---------------------------------------------------------------
+
+def on_disk_reason(params: pb.VectorParams) -> str | None:
+    """Why a vector goes on disk while both models live in its collection, or None when it keeps its placement.
+
+    The guide: co-locating large vectors (ColBERT above all) with dense ones degrades every query, "put large vectors
+    on disk during side-by-side migration". Large: every multivector, and a dense vector of at least
+    tunables.SIDE_BY_SIDE_ON_DISK_BYTES per point (its datatype's bytes)."""
+    if params.HasField("multivector_config"):
+        return "a multivector (one vector per token, the guide's large vector)"
+    dtype = pb.Datatype.Name(params.datatype) if params.HasField("datatype") else "Default"
+    nbytes = int(int(params.size) * _DATATYPE_BYTES.get(dtype, 4.0))
+    if nbytes >= tunables.SIDE_BY_SIDE_ON_DISK_BYTES:
+        return (f"{int(params.size)}-d, {nbytes:,} bytes per vector (at least {tunables.SIDE_BY_SIDE_ON_DISK_BYTES:,}: "
+                "a large vector)")
+    return None
+
+
+def _asked_placement(params: pb.VectorParams) -> tuple[bool | None, str | None]:
+    """The placement a vector's params ask for: (on_disk, memory name), None where they leave it to the server."""
+    on_disk = bool(params.on_disk) if params.HasField("on_disk") else None
+    memory = None
+    if _has_field(params, "memory") and params.memory != pb.Memory.MemoryUnknown:
+        memory = pb.Memory.Name(params.memory)
+    return on_disk, memory
+
+
+def _force_on_disk(params: pb.VectorParams) -> None:
+    params.on_disk = True
+    if _has_field(params, "memory") and params.memory != pb.Memory.MemoryUnknown:
+        params.memory = pb.Memory.Cold  # `memory` wins over the flag (Memory::resolve, lib/segment/src/types.rs)
+
+
+def on_disk_overrides(d: Decision, schema: SourceSchema, *, new_vector: pb.VectorParams | None,
+                      asked: bool | None) -> tuple[OnDiskOverride, ...]:
+    """side_by_side: the vectors put on disk while both models live, each with the placement `swap` / `cleanup`
+    put back (the user's own: the source's params for a copied vector, `asked` — target.on_disk where the config
+    sets it — for the new one; None where nothing was asked, and then the vector stays on disk).
+
+    In a new collection: each copied vector and the new one that `on_disk_reason` names and that would be in RAM.
+    In place: the new vector only; an existing vector of the live collection keeps its storage, since changing it
+    rewrites every segment under the application's searches. `new_vector` sizes the new vector (size 0: only the
+    loaded model knows; recorded anyway, and put on disk at creation if it turns out large)."""
+    if d.strategy != "side_by_side":
+        return ()
+    out: list[OnDiskOverride] = []
+    if d.layout == "new_collection":
+        for src, dst in d.copy_vectors.items():
+            params = schema.dense.get(src)
+            why = on_disk_reason(params) if params is not None else None
+            if params is not None and why and not _cold(params, "on_disk"):
+                on_disk, memory = _asked_placement(params)
+                out.append(OnDiskOverride(d.collection, dst, f"copied {src or '(unnamed)'!r}: {why}", on_disk, memory))
+    if d.dense_name is not None and new_vector is not None and not _cold(new_vector, "on_disk"):
+        why = on_disk_reason(new_vector) if new_vector.size or new_vector.HasField("multivector_config") else (
+            f"if the model's vectors are {tunables.SIDE_BY_SIDE_ON_DISK_BYTES:,} bytes or more (a large vector)")
+        if why is not None:
+            out.append(OnDiskOverride(d.collection, d.dense_name, f"new vector: {why}", asked, None))
+    return tuple(out)
 
 
 def _check_source_vector(cfg, schema: SourceSchema) -> None:
@@ -229,7 +339,7 @@ def new_collection_request(cfg, d: Decision, schema: SourceSchema, dim: int | No
         if dim is None:
             raise PreconditionError("the model reports no output dimension, so the new vector cannot be sized; "
                                     "check model.name points at an embedding model (its config needs hidden_size)")
-        req.vectors_config.params.CopyFrom(dense_params(cfg, dim))
+        req.vectors_config.params.CopyFrom(_new_vector_params(dense_params(cfg, dim), d))
         carry_layout(req, schema.info, cfg.target.layout)
         return req
     pmap = req.vectors_config.params_map.map
@@ -242,13 +352,25 @@ def new_collection_request(cfg, d: Decision, schema: SourceSchema, dim: int | No
         if dim is None:
             raise PreconditionError("the model reports no output dimension, so the new vector cannot be sized; "
                                     "check model.name points at an embedding model (its config needs hidden_size)")
-        pmap[d.dense_name].CopyFrom(dense_params(cfg, dim))
+        pmap[d.dense_name].CopyFrom(_new_vector_params(dense_params(cfg, dim), d))
     if d.sparse_name is not None:
         req.sparse_vectors_config.map[d.sparse_name].CopyFrom(pb.SparseVectorParams(modifier=pb.Modifier.Idf))
     if not pmap and not req.sparse_vectors_config.map:
         raise PreconditionError("the new collection would hold no vector; set target.vector_name")
+    if d.strategy == "side_by_side":
+        for params in pmap.values():  # both models live here: large vectors on disk (see on_disk_overrides)
+            if on_disk_reason(params) and not _cold(params, "on_disk"):
+                _force_on_disk(params)
     carry_layout(req, schema.info, cfg.target.layout)
     return req
+
+
+def _new_vector_params(params: pb.VectorParams, d: Decision) -> pb.VectorParams:
+    """The new vector's params; a late-interaction model's is a multivector compared by MaxSim (the only comparator
+    Qdrant has, lib/segment/src/types.rs MultiVectorComparator)."""
+    if d.multi_name is not None:
+        params.multivector_config.comparator = pb.MultiVectorComparator.MaxSim
+    return params
 
 
 # --- the new collection's layout ----------------------------------------------------------------------------------
@@ -343,6 +465,106 @@ def layout_summary(req: pb.CreateCollection) -> str:
     strict = StrictMode.from_proto(req.strict_mode_config if req.HasField("strict_mode_config") else None)
     parts.append(strict.describe())
     return ", ".join(parts)
+
+
+# --- changes that need no model run --------------------------------------------------------------------------------
+
+def quantization_of(info: pb.CollectionInfo) -> str:
+    """What quantization a collection's dense vectors use, as target.layout.quantization spells it (none, scalar,
+    binary; product and turboquant by their names): a vector's own config wins over the collection's. "mixed" when
+    its vectors differ."""
+    config = info.config
+    default = config.quantization_config.WhichOneof("quantization") if config.HasField("quantization_config") else None
+    kinds = set()
+    for params in _dense_of(config.params.vectors_config).values():
+        own = params.quantization_config.WhichOneof("quantization") if params.HasField("quantization_config") else None
+        kinds.add(own or default or "none")
+    if not kinds:
+        return default or "none"
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def requantize_request(collection: str, info: pb.CollectionInfo, quantization: str) -> pb.UpdateCollection:
+    """The UpdateCollection that gives every dense vector of `collection` the quantization `quantization` (none,
+    scalar or binary, with the same settings a new collection gets): the collection's config set, and each vector's
+    own config cleared so that it follows the collection's (a per-vector `disabled` diff clears it:
+    CollectionParams::update_vectors_from_other in lib/collection/src/config.rs). Qdrant then re-quantizes the
+    stored vectors in the background; the originals are untouched, so no model runs."""
+    if quantization not in ("none", *_QUANTIZATION):
+        raise PreconditionError(f"quantization {quantization!r} cannot be applied; set target.layout.quantization to "
+                                f"none, {' or '.join(_QUANTIZATION)}")
+    req = pb.UpdateCollection(collection_name=collection)
+    if quantization == "none":
+        req.quantization_config.disabled.SetInParent()
+    else:
+        built = _QUANTIZATION[quantization]()
+        getattr(req.quantization_config, quantization).CopyFrom(getattr(built, quantization))
+    vc = info.config.params.vectors_config
+    for name, params in _dense_of(vc).items():
+        if params.HasField("quantization_config"):
+            diff = req.vectors_config.params if name == "" and vc.HasField("params") else \
+                req.vectors_config.params_map.map[name]
+            diff.quantization_config.disabled.SetInParent()
+    return req
+
+
+@dataclass(frozen=True)
+class Requantize:
+    """A requested change that is quantization only: no re-embedding, one UpdateCollection on the source."""
+
+    collection: str
+    current: str  # the source's quantization (quantization_of)
+    requested: str  # target.layout.quantization
+    request: pb.UpdateCollection | None  # None: the source has it already
+    evidence: str  # why the model is taken to be the one that made the source vectors
+
+
+def same_model_evidence(model_name: str, old_model: str | None, recorded_model: Mapping[str, Any] | None) -> str | None:
+    """Why model.name is the model that made the source vectors, or None when nothing says so. Two sources: the
+    config says it (verify.old_model, "the model that made the source vectors", equals model.name), or the source's
+    own reembed metadata records that model (a collection written by an earlier job)."""
+    if old_model is not None and old_model == model_name:
+        return f"model.name equals verify.old_model ({model_name!r}), the model that made the source vectors"
+    if recorded_model and recorded_model.get("name") == model_name:
+        return f"the source's reembed metadata records model {model_name!r} as the one that wrote its vectors"
+    return None
+
+
+def quantization_only(info: pb.CollectionInfo, collection: str, *, requested: str, strategy: str, shortcut: str,
+                      model_name: str, model_kind: str, matryoshka_dim: int | None, old_model: str | None,
+                      recorded_model: Mapping[str, Any] | None, vector: str | None) -> Requantize | None:
+    """The quantization-only answer, or None when the job really needs the model.
+
+    Quantization only: target.layout.quantization names one (not keep), the model is the one that made the source
+    vectors (same_model_evidence), the job asks for nothing else a model or a new vector would be needed for (no
+    hybrid sparse vector, no shortcut), and the source vector (source.vector_name, else the only dense one) has
+    the model's kind and, where the config tells it, its dimension."""
+    if requested == "keep" or strategy == "hybrid" or shortcut != "none":
+        return None
+    evidence = same_model_evidence(model_name, old_model, recorded_model)
+    if evidence is None:
+        return None
+    dense = _dense_of(info.config.params.vectors_config)
+    name = vector if vector is not None else (next(iter(dense)) if len(dense) == 1 else None)
+    params = dense.get(name) if name is not None else None
+    if params is not None:
+        if params.HasField("multivector_config") != (model_kind == "late_interaction"):
+            return None
+        dim = _dim_hint(model_name, matryoshka_dim, None)
+        if dim is not None and dim != int(params.size):
+            return None
+    current = quantization_of(info)
+    request = None if current == requested else requantize_request(collection, info, requested)
+    return Requantize(collection, current, requested, request, evidence)
+
+
+def small_collection_advice(source_bytes: float) -> str | None:
+    """The guide's advice for a small source (tunables.SMALL_COLLECTION_BYTES), or None above it."""
+    if source_bytes >= tunables.SMALL_COLLECTION_BYTES:
+        return None
+    return (f"the source holds ~{source_bytes / 1e6:,.1f} MB, under the guide's "
+            f"{tunables.SMALL_COLLECTION_BYTES / 1e6:,.0f} MB: re-indexing it from the source data (upload it again "
+            "with the new model) is faster than a migration")
 
 
 def shard_keys_request(collection: str, keys: Sequence[str | int], *, shards_per_key: int | None = None,
@@ -569,16 +791,35 @@ def check_new_collection_target(info: pb.CollectionInfo, d: Decision, dim: int |
                 f"the model makes {dim}-d vectors but target {d.collection!r} vector {d.dense_name or '(unnamed)'!r} "
                 f"is {int(have.size)}-d; choose a new target.collection (or set model.matryoshka_dim to match)"
             )
+        _check_kind(have, d, d.collection, d.dense_name)
     if d.sparse_name is not None and d.sparse_name not in tmp.sparse:
         raise PreconditionError(
             f"target collection {d.collection!r} has no sparse vector {d.sparse_name!r}; choose a new target.collection"
         )
 
 
+def _check_kind(have: pb.VectorParams, d: Decision, collection: str, name: str) -> None:
+    """An existing vector the job would write must be of the kind the model makes: a multivector for a late-interaction
+    model, a plain dense vector otherwise (Qdrant refuses the other with "Wrong usage of multi vectors")."""
+    is_multi = have.HasField("multivector_config")
+    if is_multi != (d.multi_name is not None):
+        made, held = ("token vectors (a multivector)", "a plain dense vector") if d.multi_name is not None else (
+            "one vector per text", "a multivector")
+        raise PreconditionError(
+            f"the model makes {made} but vector {name or '(unnamed)'!r} of {collection!r} is {held}; choose a new "
+            "target.collection / target.vector_name (or fix model.kind)"
+        )
+
+
 def add_vectors_in_place(client: QdrantGrpc, cfg, d: Decision, schema: SourceSchema, dim: int | None,
                          owned: set[str]) -> list[str]:
     """CreateVectorName for each new vector of an in-place layout. A name that exists already is reused only when
-    this job created it (`owned`, from its checkpoint); returns the names created now."""
+    this job created it (`owned`, from its checkpoint); returns the names created now.
+
+    A late-interaction model's vector is created with a MaxSim multivector_config. CreateVectorName has no storage
+    setting, so a new dense vector that target.on_disk asks to be on disk, or that side_by_side keeps on disk while
+    both models live (on_disk_reason), is moved there by an UpdateCollection right after (again on a resume, if a
+    crash came between the two)."""
     created = []
     wanted: list[tuple[str, str]] = []
     if d.dense_name is not None:
@@ -599,16 +840,37 @@ def add_vectors_in_place(client: QdrantGrpc, cfg, d: Decision, schema: SourceSch
                     f"vector {name!r} of {schema.collection!r} does not match the model's {dim}-d output; drop it "
                     "(reembed cleanup --drop-vector) or pick another target.vector_name"
                 )
+            if kind == "dense":
+                _check_kind(schema.dense[name], d, schema.collection, name)
+                _place_new_vector(client, cfg.target.on_disk, d, name, schema.dense[name])
             continue
         if kind == "dense":
-            client.create_vector_name(d.collection, name, dense=pb.DenseVectorCreationConfig(
-                size=int(dim or 0), distance=getattr(pb.Distance, cfg.target.distance)))
+            creation = pb.DenseVectorCreationConfig(size=int(dim or 0), distance=getattr(pb.Distance, cfg.target.distance))
+            if d.multi_name == name:
+                creation.multivector_config.comparator = pb.MultiVectorComparator.MaxSim
+            client.create_vector_name(d.collection, name, dense=creation)
+            _place_new_vector(client, cfg.target.on_disk, d, name,
+                              pb.VectorParams(size=creation.size, multivector_config=creation.multivector_config)
+                              if creation.HasField("multivector_config") else pb.VectorParams(size=creation.size))
         else:
             client.create_vector_name(d.collection, name,
                                       sparse=pb.SparseVectorCreationConfig(modifier=pb.Modifier.Idf))
         created.append(name)
         log.info("created %s vector %r on %s", kind, name, d.collection)
     return created
+
+
+def _place_new_vector(client: QdrantGrpc, target_on_disk: bool, d: Decision, name: str,
+                      params: pb.VectorParams) -> None:
+    """Put a vector this job created in place on disk when target.on_disk asks for it or side_by_side keeps it
+    there while both models live."""
+    why = on_disk_reason(params) if d.strategy == "side_by_side" else None
+    if not (target_on_disk or why) or _cold(params, "on_disk"):
+        return
+    req = pb.UpdateCollection(collection_name=d.collection)
+    req.vectors_config.params_map.map[name].on_disk = True
+    client.update_collection(req)
+    log.info("vector %s.%s on disk (%s)", d.collection, name, why or "target.on_disk")
 
 
 # --- HNSW deferral ------------------------------------------------------------------------------------------------

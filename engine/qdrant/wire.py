@@ -6,9 +6,9 @@ and concatenating two serialised messages merges them, so a point is its (id, pa
 scroll, followed by a vectors field whose packed floats are the numpy row's raw little-endian bytes.
 
 Field numbers (qdrant_client/proto/points.proto): PointStruct{id=1, payload=3, vectors=4}; Vectors{vector=1,
-vectors=2}; NamedVectors{vectors=1 (map)}; Vector{dense=101, sparse=102}; DenseVector{data=1};
-SparseVector{values=1, indices=2}; UpsertPoints{points=3}; UpdatePointVectors{points=3}; PointVectors{id=1,
-vectors=2}.
+vectors=2}; NamedVectors{vectors=1 (map)}; Vector{dense=101, sparse=102, multi_dense=103}; DenseVector{data=1};
+MultiDenseVector{vectors=1}; SparseVector{values=1, indices=2}; UpsertPoints{points=3}; UpdatePointVectors{points=3};
+PointVectors{id=1, vectors=2}.
 """
 
 from __future__ import annotations
@@ -96,6 +96,66 @@ def dense_field_prefix(name: str, n_floats: int, field: int = 4) -> bytes:
     """
     nbytes = 4 * n_floats
     return vectors_field({name: dense_vector(bytes(nbytes))}, field)[: -nbytes or None]
+
+
+# --- multivectors (late interaction) ------------------------------------------------------------------------------
+# Vector{multi_dense=103} -> MultiDenseVector{vectors=1 (repeated DenseVector)} -> DenseVector{data=1, packed}.
+_T_MULTI = _tag(103)
+
+
+def multi_dense_body(matrix: np.ndarray) -> tuple[bytes, int]:
+    """The body of a MultiDenseVector holding the rows of a [rows, dim] matrix, and the bytes each row takes in it.
+
+    Every row has the same dimension, so every row's DenseVector entry has the same header: the body is built in
+    one numpy pass (header columns beside the raw float32 columns), and rows [a, b) of the matrix are exactly
+    body[a * step:b * step]. A sink encodes a page's token matrices once and slices each point's multivector out.
+    """
+    arr = np.ascontiguousarray(matrix, dtype="<f4")
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError(f"a multivector is a [rows, dim] matrix with dim >= 1, not shape {arr.shape}")
+    rows, dim = arr.shape
+    dense = _tag(1) + varint(4 * dim)  # DenseVector.data, packed
+    head = _tag(1) + varint(len(dense) + 4 * dim) + dense  # MultiDenseVector.vectors entry
+    step = len(head) + 4 * dim
+    out = np.empty((rows, step), dtype=np.uint8)
+    out[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
+    out[:, len(head):] = arr.view(np.uint8).reshape(rows, 4 * dim)
+    return out.tobytes(), step
+
+
+def multi_dense_header(body_len: int) -> bytes:
+    """What precedes a MultiDenseVector body of `body_len` bytes in a `Vector` message. Qdrant refuses an empty
+    multivector ("multi vector must not be empty", common/validation.rs validate_multi_vector_by_length), so an
+    empty body is refused here, where the caller can still name the point."""
+    if body_len <= 0:
+        raise ValueError("a multivector needs at least one row; Qdrant refuses an empty one")
+    return _T_MULTI + varint(body_len)
+
+
+def multi_dense_vector_from_body(body: bytes) -> bytes:
+    """A `Vector` message holding a multivector, from a MultiDenseVector body (see multi_dense_body)."""
+    return multi_dense_header(len(body)) + body
+
+
+def multi_dense_vector(matrix: np.ndarray) -> bytes:
+    """A `Vector` message holding a multivector (one row per token) from a [rows, dim] float32 matrix."""
+    return multi_dense_vector_from_body(multi_dense_body(matrix)[0])
+
+
+def vector_field_prefix(name: str, vector_len: int, field: int = 4) -> bytes:
+    """What precedes a serialised `Vector` of `vector_len` bytes in a `Vectors` field holding that one vector:
+    `vectors_field({name: vec}, field) == vector_field_prefix(name, len(vec), field) + vec`.
+
+    Lets a sink append a point's ~90 KB multivector once instead of copying it through every nesting level.
+    """
+    if name == "":
+        inner = _tag(1) + varint(vector_len)  # Vectors.vector
+    else:
+        entry = _ld(1, name.encode()) + _tag(2) + varint(vector_len)  # map entry {key, value}
+        entry_len = len(entry) + vector_len
+        named = _tag(1) + varint(entry_len) + entry  # NamedVectors.vectors
+        inner = _tag(2) + varint(len(named) + vector_len) + named  # Vectors.vectors
+    return _tag(field) + varint(len(inner) + vector_len) + inner
 
 
 # PointStruct.vectors = NamedVectors{}: a point kept without any vector (no usable text), valid for named-vector

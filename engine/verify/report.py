@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
 import io
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from engine.flow.rundir import RunDir
@@ -87,7 +84,7 @@ def _read_verify(directory: RunDir) -> dict[str, Any] | None:
 
 
 def build_report(cfg, state: JobState, directory: RunDir, verify: dict[str, Any] | None = None) -> dict[str, Any]:
-    from engine.verify.verifier import dead_letter_summary
+    from engine.verify.dead_letters import dead_letter_summary
 
     latest = state.verify.to_dict() if state.verify is not None else None
     if verify is None:
@@ -254,6 +251,10 @@ def _plot_recall(verify: dict[str, Any]) -> str | None:
             for metric, label in (("recall", f"recall@{lab.get('k')}"), ("ndcg", f"nDCG@{lab.get('ndcg_at')}"),
                                   ("mrr", "MRR")):
                 bars.append((f"labelled {label} {side}", lab[side][metric], colour))
+    hybrid = quality.get("hybrid") or {}
+    for side, colour in (("dense", "#4c72b0"), ("sparse", "#dd8452"), ("fusion", "#55a868")):
+        if hybrid.get(side):
+            bars.append((f"hybrid nDCG@{hybrid.get('ndcg_at')} {side}", hybrid[side]["ndcg"], colour))
     if not bars:
         return None
     fig, (ax,) = _figure(1, height=max(2.5, 0.4 * len(bars) + 1))
@@ -300,125 +301,66 @@ code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
 """
 
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
+def _fmt(x: Any) -> Any:
+    return f"{x:.3f}" if isinstance(x, float) else x
 
 
-def _table(headers: list[str], rows: list[list[Any]], raw_cols: tuple[int, ...] = ()) -> str:
-    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>" if headers else ""
-    body = "".join("<tr>" + "".join(f"<td>{c if i in raw_cols else _e(c)}</td>" for i, c in enumerate(r)) + "</tr>"
-                   for r in rows)
-    return f"<table>{head}{body}</table>"
+def _thousands(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, (int, float)) else str(x)
 
 
-def _img(plots: dict[str, str], name: str, alt: str) -> str:
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{plots[name]}">' if name in plots else ""
+def _template():
+    import jinja2
+
+    # autoescape on for everything: every value from a payload, a config or a server message is escaped.
+    env = jinja2.Environment(loader=jinja2.PackageLoader("engine.verify", "templates"), autoescape=True,
+                             undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
+    env.filters.update(iso=_iso, thousands=_thousands)
+    return env.get_template("report.html.j2")
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:.3f}" if isinstance(x, float) else _e(x)
+def _range(s: dict[str, Any]) -> str:
+    key = f" key {s['shard_key']}" if s.get("shard_key") is not None else ""
+    return f"[{'start' if s['lo'] is None else s['lo']}, {'end' if s['hi'] is None else s['hi']}){key}"
+
+
+def _metric_rows(section: dict[str, Any] | None, sides: tuple[str, ...]) -> list[list[Any]]:
+    if not section:
+        return []
+    return [[side, _fmt(m["recall"]), _fmt(m["ndcg"]), _fmt(m["mrr"])]
+            for side in sides if (m := section.get(side)) is not None]
+
+
+def _model_line(model: dict[str, Any]) -> str:
+    return (f"{model.get('name')} (revision {model.get('revision') or '-'}), {model.get('dim')}-d, "
+            f"pooling {model.get('pooling')}, normalize {model.get('normalize')}")
 
 
 def render_html(report: dict[str, Any], plots: dict[str, str], note: str | None = None) -> str:
-    job = report["job"]
+    """The self-contained report.html (templates/report.html.j2): tables, and plots as embedded PNG."""
     verify = report.get("verify")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>reembed report {_e(job['job_id'])}</title>"
-             f"<style>{_CSS}</style></head><body>",
-             f"<h1>reembed job {_e(job['job_id'])}</h1>",
-             f"<div class='muted'>{_e(job['source'])} &rarr; {_e(job['target'])} ({_e(job['strategy'])}), "
-             f"alias {_e(job['alias'] or '-')}, server {_e(job['server'])}; generated {_e(report['generated_at'])}"
-             "</div>"]
-    if verify is None:
-        parts.append("<div class='banner none'>Not verified yet: run <code>reembed verify --config ...</code> "
-                     "before swap.</div>")
-    else:
-        ok = verify.get("passed")
-        when = _iso(verify.get("at"))
-        parts.append(f"<div class='banner {'pass' if ok else 'fail'}'>Verify {'PASSED' if ok else 'FAILED'} "
-                     f"({_e(when)}; {_e(verify.get('checked_points'))} points checked"
-                     f"{', every point' if verify.get('full') else ''})</div>")
-    if note:
-        parts.append(f"<p class='muted'>{_e(note)}</p>")
-
-    parts.append("<h2>Job</h2>")
-    model = report.get("model") or {}
-    parts.append(_table([], [
-        ["points written (new vector)", f"{job['points_written']:,}"],
-        ["points skipped (no usable text)", f"{job['points_skipped']:,}"],
-        ["finished", job["finished"]], ["started", job["created_at"]], ["last update", job["updated_at"]],
-        ["model", f"{model.get('name')} (revision {model.get('revision') or '-'}), {model.get('dim')}-d, "
-                  f"pooling {model.get('pooling')}, normalize {model.get('normalize')}"],
-        ["runs", len(report["runs"])],
-    ]))
-
-    if verify is not None:
-        parts.append("<h2>Verify</h2>")
-        rows = [[f"<span class='{_e(c.get('status'))}'>{_e(str(c.get('status')).upper())}</span>",
-                 _e(c.get("name")), _e(c.get("detail"))] for c in verify.get("checks") or []]
-        parts.append(_table(["result", "check", "detail"], rows, raw_cols=(0, 1, 2)))
-        if verify.get("details", True):
-            shards = verify.get("shards") or []
-            if shards:
-                parts.append("<h3>Count parity per shard</h3>")
-                parts.append(_table(
-                    ["shard", "range", "source", "target", "committed by the run", "missing", "extra", "first ids"],
-                    [[s["shard"], f"[{'start' if s['lo'] is None else s['lo']}, "
-                                  f"{'end' if s['hi'] is None else s['hi']})",
-                      s["source"], s["target"], s.get("committed"), s["missing"], s["extra"],
-                      ", ".join(map(str, (s.get("missing_ids") or []) + (s.get("extra_ids") or [])))[:200]]
-                     for s in shards]))
-            index = verify.get("index") or {}
-            if index.get("note"):
-                parts.append(f"<p class='muted'>Index health: {_e(index['note'])}.</p>")
-            parts.append(_img(plots, "recall", "recall and quality bars"))
-            parts.append(_img(plots, "scores", "score distributions old vs new"))
-            lab = (verify.get("quality") or {}).get("labelled")
-            if lab:
-                rows = [[side, _fmt(lab[side]["recall"]), _fmt(lab[side]["ndcg"]), _fmt(lab[side]["mrr"])]
-                        for side in ("old", "new") if side in lab]
-                parts.append(f"<h3>Labelled queries ({_e(lab['queries'])})</h3>")
-                parts.append(_table(["vectors", f"recall@{lab['k']}", f"nDCG@{lab['ndcg_at']}", "MRR"], rows))
-        else:
-            parts.append("<p class='muted'>Details of this verify are on the machine that ran it (verify.json); "
-                         "this is the summary kept in the checkpoint.</p>")
-
-    parts.append("<h2>Run</h2>")
-    if report["runs"]:
-        rows = [[i + 1, _iso(r.get("ended_at")), f"{r.get('points', 0):,}", r.get("points_per_s"),
-                 r.get("pipeline_s"), r.get("pages_written"), r.get("pages_redone"), r.get("write_requests"),
-                 sum((r.get("retries") or {}).values()), r.get("dead_letters")] for i, r in enumerate(report["runs"])]
-        parts.append(_table(["run", "ended", "points", "points/s", "pipeline s", "pages", "pages redone",
-                             "write requests", "retries", "dead letters"], rows))
-    else:
-        parts.append("<p class='muted'>No run statistics recorded.</p>")
-    parts.append(_img(plots, "throughput", "throughput over time"))
-    parts.append(_img(plots, "stages", "pages in flight per stage"))
-    if report["retries"]:
-        parts.append(_table(["cause", "retries"], [[k, v] for k, v in sorted(report["retries"].items())]))
-    parts.append(_img(plots, "retries", "retries by cause"))
-
+    details = verify or {}
+    quality = details.get("quality") or {}
     dead = report["dead_letters"]
-    parts.append("<h2>Dead letters</h2>")
-    if not dead.get("path"):
-        parts.append("<p>None: every point had usable text.</p>")
-    elif not dead.get("available"):
-        parts.append(f"<p>{_e(dead['path'])} is not on this machine.</p>")
-    else:
-        parts.append(f"<p>{dead['count']:,} points in <code>{_e(dead['path'])}</code>.</p>")
-        parts.append(_table(["reason", "points"], [[k, v] for k, v in dead["reasons"].items()]))
-        parts.append(_img(plots, "dead_letters", "dead letters by reason"))
-        if dead.get("sample"):
-            parts.append(_table(["id", "shard", "reason"], [[r["id"], r["shard"], r["reason"]]
-                                                          for r in dead["sample"]]))
-
-    if report["events"]:
-        parts.append("<h2>Events</h2>")
-        parts.append(_table(["action", "at", "details"], [
-            [e.get("action"), _iso(e.get("at")),
-             ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("action", "at"))] for e in report["events"]]))
-    parts.append("<h2>Config</h2><pre class='muted'>" + _e(json.dumps(report["config"], indent=1)) + "</pre>")
-    parts.append("</body></html>")
-    return "\n".join(p for p in parts if p)
+    return _template().render(
+        report=report, job=report["job"], model_line=_model_line(report.get("model") or {}), verify=verify,
+        note=note, plots=plots, css=_CSS, index=details.get("index") or {}, dead=dead,
+        labelled=quality.get("labelled"), hybrid=quality.get("hybrid"),
+        labelled_rows=_metric_rows(quality.get("labelled"), ("old", "new")),
+        hybrid_rows=_metric_rows(quality.get("hybrid"), ("dense", "sparse", "fusion")),
+        shard_rows=[[s["shard"], _range(s), s["source"], s["target"], s.get("committed"), s["missing"], s["extra"],
+                     ", ".join(map(str, (s.get("missing_ids") or []) + (s.get("extra_ids") or [])))[:200]]
+                    for s in details.get("shards") or []],
+        run_rows=[[i + 1, _iso(r.get("ended_at")), f"{r.get('points', 0):,}", r.get("points_per_s"),
+                   r.get("pipeline_s"), r.get("pages_written"), r.get("pages_redone"), r.get("write_requests"),
+                   sum((r.get("retries") or {}).values()), r.get("dead_letters")]
+                  for i, r in enumerate(report["runs"])],
+        dead_rows=[[r["id"], r["shard"], r["reason"]] for r in dead.get("sample") or []],
+        event_rows=[[e.get("action"), _iso(e.get("at")),
+                     ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("action", "at"))]
+                    for e in report["events"]],
+        config_json=json.dumps(report["config"], indent=1),
+    )
 
 
 def write_report(cfg, state: JobState, directory: RunDir, verify: dict[str, Any] | None = None) -> str:

@@ -31,7 +31,10 @@ from engine.qdrant import values, wire
 from engine.flow.text import DatasetText, PayloadText
 from engine.app.verify_job import run_verify
 from engine.app.wiring import run_dir
-from engine.verify.verifier import Verifier
+from engine.qdrant.connection import Endpoint
+from engine.qdrant.retry import RetryPolicy
+from engine.verify.context import GrpcClients, VectorNames, VerifyContext, VerifyOptions
+from engine.verify.runner import run_checks
 from tests.integration.pipeline_support import client_for, config, make_payloads, seed_collection
 
 pytestmark = pytest.mark.integration
@@ -122,6 +125,18 @@ def _restore(client, point: pb.RetrievedPoint) -> None:
     blob = (pb.PointStruct(id=point.id, payload=point.payload).SerializeToString()
             + wire.vectors_field({"dense": wire.dense_vector(wire.f32_bytes(vec))}))
     client.upsert_raw(wire.upsert_request("dst", [blob], wait=True, insert_only=False), "restore")
+
+
+def _context(m, state, *, target="dst", target_vector="dense", text=None, embedder=None, dim=None,
+             not_from_text=None, k=10, queries=10) -> VerifyContext:
+    """The verify room alone, without the app's wiring: what a test of one strategy shape needs."""
+    return VerifyContext(
+        clients=GrpcClients(Endpoint("127.0.0.1", m["server"].port), RetryPolicy()), source="src", target=target,
+        vectors=VectorNames(source="", dense=target_vector), text=text or PayloadText(field="text"),
+        shards=state.shards, options=VerifyOptions(sample=ALL, min_cosine=0.999, min_hnsw_recall=0.95, k=k,
+                                                   queries=queries),
+        embedder=embedder, dim=dim, not_from_text=not_from_text, dead_letter_path=state.dead_letters,
+        job_id=state.job_id, model=state.model)
 
 
 def _failed(result) -> dict[str, str]:
@@ -323,22 +338,17 @@ def test_unnamed_target_keeps_dead_letters_out(migrated):
                  + wire.vectors_field({"": wire.dense_vector(wire.f32_bytes(v))}) for (pid, p), v in zip(chunk, vecs)]
         client.upsert_raw(wire.upsert_request("dst_unnamed", blobs, wait=True, insert_only=False), "copy")
     state = wiring.make_store(cfg, client).load(wiring.job_id_of(cfg))  # the real run's shards and dead letters
-    checks, extra = Verifier(
-        client, source="src", target="dst_unnamed", source_vector="", target_vector="", text=PayloadText(field="text"),
-        embedder=emb, state=state, sample=ALL, min_cosine=0.999, min_hnsw_recall=0.95, k=10, queries=10,
-        dead_letter_path=state.dead_letters).run()
+    result = run_checks(_context(migrated, state, target="dst_unnamed", target_vector="", embedder=emb))
+    checks = result.checks
     assert not [c for c in checks if c.failed], [(c.name, c.detail) for c in checks]
     dead = N - len(with_text)
-    assert sum(s.expected_absent for s in extra["shards"]) == dead > 0
-    assert sum(s.target for s in extra["shards"]) == N - dead
+    assert sum(s.expected_absent for s in result.shards) == dead > 0
+    assert sum(s.target for s in result.shards) == N - dead
     assert f"= target {N - dead:,} + {dead:,} dead letters without text" in checks[0].detail
     # a missing point that has text is still missing
     victim = items[0][0]
     client.delete_points("dst_unnamed", [victim])
-    checks, _ = Verifier(
-        client, source="src", target="dst_unnamed", source_vector="", target_vector="", text=PayloadText(field="text"),
-        embedder=emb, state=state, sample=ALL, min_cosine=0.999, min_hnsw_recall=0.95, k=10, queries=10,
-        dead_letter_path=state.dead_letters).run()
+    checks = run_checks(_context(migrated, state, target="dst_unnamed", target_vector="", embedder=emb)).checks
     failed = {c.name: c.detail for c in checks if c.failed}
     assert set(failed) == {"count parity", "sampled ids present"} and repr(victim) in failed["count parity"]
     client.delete_collection("dst_unnamed")
@@ -406,32 +416,53 @@ def test_other_strategy_shapes(migrated, tmp_path):
     state = wiring.make_store(cfg, client).load(wiring.job_id_of(cfg))
     uuids = {pid: p for pid, p in migrated["payloads"].items() if isinstance(pid, str)}
     ints = {pid: p for pid, p in migrated["payloads"].items() if isinstance(pid, int)}
-    common = dict(source="src", target="dst", source_vector="", state=state, sample=ALL, min_cosine=0.999,
-                  min_hnsw_recall=0.95, k=5, queries=5, dead_letter_path=state.dead_letters)
+    common = dict(k=5, queries=5)
 
     def texts_of(points):
         return [p["text"] if isinstance(p.get("text"), str) else None for p in points.values()]
 
     pq.write_table(pa.table({"id": list(ints), "text": texts_of(ints)}), tmp_path / "ints.parquet")
     emb = build_embedder({"name": "hash:32"})
-    checks, _ = Verifier(client, target_vector="dense", text=DatasetText(str(tmp_path / "ints.parquet")),
-                         embedder=emb, **common).run()
+    checks = run_checks(_context(migrated, state, target_vector="dense",
+                                 text=DatasetText(str(tmp_path / "ints.parquet")), embedder=emb, **common)).checks
     status = {c.name: c.status for c in checks}
     # UUID points have no row in an integer-keyed dataset: to the verifier they have no text, yet carry a vector.
     assert status["vectors valid"] == "fail" and status["vectors recomputed"] == "pass"
     pq.write_table(pa.table({"id": list(uuids), "text": texts_of(uuids)}), tmp_path / "uuids.parquet")
-    assert next(c for c in Verifier(client, target_vector="dense", text=DatasetText(str(tmp_path / "uuids.parquet")),
-                                    embedder=emb, **common).run()[0] if c.name == "vectors recomputed").status == "pass"
+    assert next(c for c in run_checks(_context(migrated, state, target_vector="dense",
+                                               text=DatasetText(str(tmp_path / "uuids.parquet")), embedder=emb,
+                                               **common)).checks if c.name == "vectors recomputed").status == "pass"
 
-    checks, _ = Verifier(client, target_vector="dense", text=PayloadText(field="text"), embedder=None, dim=32,
-                         not_from_text="a shortcut", **common).run()
+    checks = run_checks(_context(migrated, state, target_vector="dense", embedder=None, dim=32,
+                                 not_from_text="a shortcut", **common)).checks
     status = {c.name: (c.status, c.detail) for c in checks}
     assert not [c for c in checks if c.failed], status
     assert status["vectors recomputed"] == ("skipped", "a shortcut") and status["vectors valid"][0] == "pass"
     assert status["HNSW recall"][0] == "pass"
 
-    checks, _ = Verifier(client, target_vector=None, text=PayloadText(field="text"), embedder=None, **common).run()
+    checks = run_checks(_context(migrated, state, target_vector=None, embedder=None, **common)).checks
     status = {c.name: c.status for c in checks}
     assert not [c for c in checks if c.failed]
     assert status["vectors valid"] == status["vectors recomputed"] == status["HNSW recall"] == "skipped"
     assert status["payload equality"] == status["count parity"] == "pass"
+
+
+def test_verify_inside_the_targets_strict_mode(migrated):
+    """The endpoint enforces strict mode: with a query limit below every page size verify uses and exact search
+    forbidden, verify still passes (no request refused) and says how it measured HNSW recall instead."""
+    client, cfg = migrated["client"], migrated["cfg"]
+
+    def strict(enabled: bool) -> None:
+        client.update_collection(pb.UpdateCollection(collection_name="dst", strict_mode_config=pb.StrictModeConfig(
+            enabled=enabled, max_query_limit=50, search_allow_exact=False)))
+
+    strict(True)
+    try:
+        for sample in (ALL, 120):
+            result = run_verify(cfg, sample=sample)
+            assert result.passed, result.lines()
+            hnsw = next(c for c in result.checks if c.name == "HNSW recall")
+            assert "search_allow_exact: false" in hnsw.detail and result.index["method"] == "self"
+            assert result.index["recall"] == 1.0
+    finally:
+        strict(False)

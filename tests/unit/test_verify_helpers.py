@@ -17,8 +17,13 @@ from engine.config import config_from_dict
 from engine.migration.cutover import verify_gate
 from engine.errors import ConfigError, PreconditionError
 from actors.metrics import STAGE_SERIES_MAX, Metrics, StageSampler
-from engine.verify.verifier import (Check, Verifier, differing_keys, load_eval, ndcg_at, parse_point_id, payload_digest,
-                           recall_at, reciprocal_rank, span_query, vector_problem)
+from engine.qdrant.values import payload_digest
+from engine.verify.check import Check
+from engine.verify.evalset import load_eval, parse_point_id
+from engine.verify.quality import labelled_check
+from engine.verify.ranking import ndcg_at, recall_at, reciprocal_rank, span_query
+from engine.verify.sampled import differing_keys
+from engine.verify.vectors import vector_problem
 
 
 def test_payload_digest_ignores_key_order_and_sees_every_change():
@@ -140,17 +145,13 @@ def test_gate_refuses_without_a_passing_verify_unless_forced():
 
 
 def test_labelled_check_is_information_unless_a_drop_is_configured():
-    v = Verifier.__new__(Verifier)
-    v.k, v.max_ndcg_drop = 10, None
     lab = {"queries": 3, "new": {"recall": 0.5, "ndcg": 0.4, "mrr": 0.3},
            "old": {"recall": 0.6, "ndcg": 0.6, "mrr": 0.5}}
-    assert v.labelled_check(lab).status == "info"
-    v.max_ndcg_drop = 0.1
-    check = v.labelled_check(lab)
+    assert labelled_check(lab, 10, None).status == "info"
+    check = labelled_check(lab, 10, 0.1)
     assert check.status == "fail" and "new nDCG < old - 0.1" in check.detail
-    v.max_ndcg_drop = 0.25
-    assert v.labelled_check(lab).status == "pass"
-    assert v.labelled_check(None) is None
+    assert labelled_check(lab, 10, 0.25).status == "pass"
+    assert labelled_check(None, 10, 0.1) is None
     assert Check("x", "fail", "d").failed and not Check("x", "info", "d").failed
 
 
