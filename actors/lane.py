@@ -28,8 +28,7 @@ from engine.flow.deadletters import DeadLetters
 from engine.flow.lane import LaneLoop, RedoPolicy
 from engine.flow.lease import Lease
 from engine.flow.page import PageMeta
-from engine.flow.seams import LaneReport, WorkerLost
-from engine.flow.seams import SourceFactory
+from engine.flow.seams import LaneReport, SourceFactory, Stages, WorkerLost
 from engine.flow.sink import SinkSpec
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.retry import RetryPolicy
@@ -179,11 +178,13 @@ def start_workers(spec: LaneSpec, shape: LaneShape, pg: Any, name: str) -> LaneW
 class LaneActor:
     """The conductor of one lane, in its placement group beside the lane's workers (start_workers)."""
 
-    def __init__(self, spec: LaneSpec, workers: LaneWorkers, name: str) -> None:
+    def __init__(self, spec: LaneSpec, workers: LaneWorkers, name: str, stages: Stages | None = None) -> None:
+        """`stages`: another stage executor than the lane's workers (bench/coordinator.py runs synthetic pages
+        through the real coordinator, pool and lane loop to measure their own cost)."""
         self.spec, self.name = spec, name
         self.embedder, self.readers, self.writers = workers.embedder, workers.readers, workers.writers
         self.dead = DeadLetters(spec.runs_root, spec.job_id)
-        self.loop = LaneLoop(RayStages(self.readers, self.embedder, self.writers), page_size=spec.page_size,
+        self.loop = LaneLoop(stages or RayStages(self.readers, self.embedder, self.writers), page_size=spec.page_size,
                              window=spec.pages_in_flight, policy=spec.redo, on_dead=self.dead.record, name=name)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -192,6 +193,8 @@ class LaneActor:
     def start(self) -> dict[str, Any]:
         """Load the model (surfacing a bad one before anything is written), then run the loop. Returns the
         model's description and where the lane runs."""
+        if self.embedder is None:  # a synthetic lane: no model
+            return self._started({"kind": "synthetic", "dim": None})
         try:
             described = ray.get(self.embedder.describe.remote())
         except rex.RayTaskError as err:
@@ -205,6 +208,9 @@ class LaneActor:
                 if "ModelError:" in line:
                     raise ModelError(line.split("ModelError:", 1)[1].strip()) from None
             raise
+        return self._started(described)
+
+    def _started(self, described: dict[str, Any]) -> dict[str, Any]:
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-loop", daemon=True)
         self._thread.start()
         return {"model": described, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
@@ -251,7 +257,7 @@ class LaneActor:
         ray.get([w.observe_search_p99.remote(p99_ms) for w in self.writers])
 
     def actors(self) -> list[Any]:
-        return [self.embedder, *self.readers, *self.writers]
+        return [a for a in (self.embedder, *self.readers, *self.writers) if a is not None]
 
     def handles(self) -> dict[str, Any]:
         """The lane's worker actors by role (for tests that kill them)."""

@@ -6,19 +6,21 @@ histograms, so the exported series are:
 
 | exported name | type | tags | meaning |
 |---|---|---|---|
-| `ray_reembed_points_scrolled_total` | counter | | points read from the source (scroll workers) |
-| `ray_reembed_points_embedded_total` | counter | | texts embedded by the model (embedding workers) |
-| `ray_reembed_points_written_total` | counter | | points written with a new vector (upload workers, acknowledged) |
-| `ray_reembed_points_skipped_total` | counter | | points written without a new vector: no usable text (dead letters) |
-| `ray_reembed_dead_letters_total` | counter | `stage` (scroll, upload) | dead-lettered points, by finding stage |
-| `ray_reembed_retries_total` | counter | `cause` (e.g. UNAVAILABLE, RESOURCE_EXHAUSTED) | retried write requests |
-| `ray_reembed_write_requests_total` | counter | | write requests sent (after splitting pages) |
-| `ray_reembed_batch_latency_seconds` | histogram | `stage` (scroll, embed, upload) | time one page spends in a stage |
-| `ray_reembed_pages_in_flight` | gauge | `stage` (scroll, process) | pages the coordinator has in flight per stage |
+| `ray_reembed_points_scrolled_total` | counter | `job` | points read from the source (the lanes' readers) |
+| `ray_reembed_points_embedded_total` | counter | `job` | texts embedded by the model (the lanes' embedding actors) |
+| `ray_reembed_points_written_total` | counter | `job` | points written with a new vector (writers, acknowledged) |
+| `ray_reembed_points_skipped_total` | counter | `job` | points written without a new vector: dead letters |
+| `ray_reembed_dead_letters_total` | counter | `job`, `stage` (scroll, upload) | dead-lettered points, by stage |
+| `ray_reembed_retries_total` | counter | `job`, `cause` (e.g. unavailable, resource_exhausted) | retried requests |
+| `ray_reembed_write_requests_total` | counter | `job` | write requests sent (after splitting pages) |
+| `ray_reembed_batch_latency_seconds` | histogram | `job`, `stage` (scroll, embed, upload) | a page's time in a stage |
+| `ray_reembed_pages_in_flight` | gauge | `job`, `stage` (scroll, process) | pages in flight per stage, all lanes |
 
-Every series carries a `job` tag (the job id), and Ray's own tags too (node address, worker id, session). Counters count this process's work since
-it started, so a restarted actor starts again at zero: use Prometheus `rate()`/`increase()`, which handle resets.
-Ray exports a gauge only for a short while after it was last set, so `pages_in_flight` exists while a run goes on.
+Every series carries a `job` tag (the job id), and Ray's own tags too (node address, worker id, session). Counters
+count this process's work since it started, so a restarted actor starts again at zero: use Prometheus
+`rate()`/`increase()`, which handle resets. Ray exports a gauge only for a short while after it was last set, so
+`pages_in_flight` exists while a run goes on (the driver sets it from the lanes' reports: pages being read, and being
+embedded and written, across all lanes).
 
 The engine stays importable and runnable without Ray: `ray` is imported lazily, and every method is a no-op unless
 Ray is initialised in this process (a driver after `ray.init`, or any Ray worker).

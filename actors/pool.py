@@ -19,7 +19,7 @@ from ray import exceptions as rex
 from ray.util import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.lane import LaneActor, LaneSpec, start_workers
+from actors.lane import LaneActor, LaneSpec, LaneWorkers, start_workers
 from actors.sizing import LaneOptions, LaneShape, node_lanes
 from engine import tunables
 from engine.embed.base import identity
@@ -53,7 +53,9 @@ class RayLanePool:
 
     def __init__(self, spec: LaneSpec, options: LaneOptions, *, name_prefix: str, max_lanes: int | None = None,
                  start_timeout_s: float = tunables.LANE_START_TIMEOUT_S,
-                 max_points_per_s: float | None = None) -> None:
+                 max_points_per_s: float | None = None, stages: Any = None) -> None:
+        """`stages`: a stage executor every lane runs instead of its workers (no workers are started): the
+        control-plane benchmark runs synthetic pages through the real pool and lane loop."""
         self.spec, self.options = spec, options
         self.prefix = name_prefix
         self.max_lanes = max_lanes
@@ -63,8 +65,12 @@ class RayLanePool:
         self._model: dict[str, Any] | None = None
         self._pending_logged = False
         self._unreported = PoolChange()  # lanes started or lost since the coordinator last asked
+        self._stages = stages
         self.max_points_per_s = max_points_per_s  # the job's cap, split evenly across the lanes up
         self.shapes: dict[str, LaneShape] = {}  # node -> its lane shape, for the log and the summary
+        self._start_deaths: dict[str, int] = {}  # node -> lanes in a row that died while starting there
+        self._resting: dict[str, float] = {}  # node -> when it may take a new lane again
+        self._last_death = ""  # the latest start death's cause, for the error when no lane ever starts
 
     # --- growing and shrinking -----------------------------------------------------------------------------------
     def _alive_nodes(self) -> dict[str, dict[str, float]]:
@@ -75,9 +81,10 @@ class RayLanePool:
         for lane in self._lanes.values():
             node = lane.node_id or lane.target_node
             per_node[node] = per_node.get(node, 0) + 1
+        now = time.monotonic()
         for node_id, resources in sorted(nodes.items()):
             count, shape = node_lanes(resources, self.options)
-            if shape is None:
+            if shape is None or self._resting.get(node_id, 0.0) > now:
                 continue
             self.shapes[node_id] = shape
             for _ in range(count - per_node.get(node_id, 0)):
@@ -93,20 +100,24 @@ class RayLanePool:
         log.info("lane %s: placing on node %s (%s)", name, node_id[:12], shape.describe())
 
     def _start_placed(self) -> None:
-        for lane in self._lanes.values():
+        for lane in list(self._lanes.values()):  # a lane that cannot start is retired on the way
             if lane.actor is not None:
                 continue
             ready, _ = ray.wait([lane.pg.ready()], timeout=0)
             if not ready:
                 continue
-            workers = start_workers(self.spec, lane.shape, lane.pg, lane.name)
-            lane.actor = ray.remote(LaneActor).options(
-                num_cpus=0, max_concurrency=4, max_restarts=0, name=lane.name,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=lane.pg,
-                                                                     placement_group_bundle_index=0),
-            ).remote(self.spec, workers, lane.name)
-            lane.workers = workers
-            lane.start_ref = lane.actor.start.remote()
+            try:
+                workers = LaneWorkers(None, [], []) if self._stages is not None else \
+                    start_workers(self.spec, lane.shape, lane.pg, lane.name)
+                lane.workers = workers
+                lane.actor = ray.remote(LaneActor).options(
+                    num_cpus=0, max_concurrency=4, max_restarts=0, name=lane.name,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=lane.pg,
+                                                                         placement_group_bundle_index=0),
+                ).remote(self.spec, workers, lane.name, self._stages)
+                lane.start_ref = lane.actor.start.remote()
+            except rex.RayError as err:  # e.g. "Actor creation cancelled": its placement group went with its node
+                self._start_died(lane, err)
 
     def _collect_started(self, change: PoolChange) -> None:
         starting = {lane.start_ref: lane for lane in self._lanes.values() if lane.start_ref is not None}
@@ -122,12 +133,10 @@ class RayLanePool:
                 cause = getattr(err, "cause", None)
                 if isinstance(cause, ReembedError):
                     raise cause from None
-                log.warning("lane %s failed to start (%s); retiring it", lane.name, str(err).splitlines()[0])
-                self._retire(lane)
+                self._start_died(lane, err)
                 continue
             except rex.RayActorError as err:
-                log.warning("lane %s died while starting (%s); retiring it", lane.name, str(err).splitlines()[0])
-                self._retire(lane)
+                self._start_died(lane, err)
                 continue
             model = started["model"]
             if self._model is None:
@@ -140,7 +149,36 @@ class RayLanePool:
                     "node (reembed doctor checks this), then re-run to resume"
                 )
             lane.node_id, lane.up = started["node_id"], True
+            self._start_deaths.pop(lane.target_node, None)
+            self._start_deaths.pop(lane.node_id, None)
             change.added.append(LaneInfo(lane.name, lane.node_id, lane.shape.gpus))
+
+    def _start_died(self, lane: _Lane, err: Exception) -> None:
+        """A lane that died or failed while starting: retired; its node rested after LANE_START_DEATHS_MAX in a row,
+        and the job ended when no lane is up and every node is resting (nothing would ever start)."""
+        cause = " ".join(str(err).split())[:400]  # Ray's message spans lines; the cause is often past the first
+        node = lane.node_id or lane.target_node
+        deaths = self._start_deaths.get(node, 0) + 1
+        self._start_deaths[node] = deaths
+        self._last_death = cause
+        log.warning("lane %s died while starting on node %s (%d in a row there): %s; retiring it", lane.name,
+                    node[:12], deaths, cause)
+        self._retire(lane)
+        if deaths < tunables.LANE_START_DEATHS_MAX:
+            return
+        self._start_deaths[node] = 0
+        self._resting[node] = time.monotonic() + tunables.LANE_NODE_REST_S
+        log.warning("node %s: %d lanes in a row died while starting; no new lane there for %.0f s", node[:12],
+                    tunables.LANE_START_DEATHS_MAX, tunables.LANE_NODE_REST_S)
+        alive = self._alive_nodes()
+        now = time.monotonic()
+        if not any(ln.up for ln in self._lanes.values()) and all(
+                self._resting.get(n, 0.0) > now or node_lanes(r, self.options)[1] is None for n, r in alive.items()):
+            raise ReembedError(
+                f"every lane died while starting ({tunables.LANE_START_DEATHS_MAX} in a row on each node that can "
+                f"host one); the last: {cause}. Check the nodes' logs (ray logs, /tmp/ray/session_latest/logs) and "
+                "that reembed and its dependencies are installed on every node (reembed doctor), then re-run to resume"
+            )
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
@@ -166,6 +204,7 @@ class RayLanePool:
         return change
 
     def _share_cap(self) -> None:
+        assert self.max_points_per_s is not None  # refresh calls this only when the job has a cap
         up = [ln for ln in self._lanes.values() if ln.up]
         for lane in up:
             lane.actor.set_rate.remote(self.max_points_per_s / len(up))
@@ -220,7 +259,8 @@ class RayLanePool:
             ray.kill(lane.actor, no_restart=True)
         if lane.workers is not None:  # a conductor that died early did not stop them
             for actor in [lane.workers.embedder, *lane.workers.readers, *lane.workers.writers]:
-                ray.kill(actor, no_restart=True)
+                if actor is not None:
+                    ray.kill(actor, no_restart=True)
         remove_placement_group(lane.pg)
         self._lanes.pop(lane.name, None)
 

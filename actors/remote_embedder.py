@@ -21,7 +21,9 @@ class RemoteEmbedder:
     def __init__(self, vectorizer: dict, job_id: str, *, gpus: float = 1.0, cpus: float = REMOTE_EMBED_CPUS,
                  start_timeout_s: float = tunables.LANE_START_TIMEOUT_S) -> None:
         """`vectorizer`: the spec of engine.embed.vectorize.build_vectorizer (a dense or late-interaction model)."""
-        self._actor = ray.remote(EmbedWorker).options(num_gpus=gpus, num_cpus=cpus).remote(vectorizer, job_id)
+        # An ActorHandle, used untyped as in actors/lane.py: ray types a handle's methods only with @ray.method.
+        actor: Any = ray.remote(EmbedWorker).options(num_gpus=gpus, num_cpus=cpus).remote(vectorizer, job_id)
+        self._actor = actor
         try:
             self._describe: dict = ray.get(self._actor.describe.remote(), timeout=start_timeout_s)
         except GetTimeoutError:

@@ -10,8 +10,8 @@ import ray
 
 from actors.metrics import metrics
 from engine.flow.page import PageBody, PageMeta, WriteAck
-from engine.flow.sink import QdrantSink, SinkSpec
 from engine.flow.seams import SourceFactory
+from engine.flow.sink import QdrantSink, SinkSpec
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.retry import RetryPolicy
@@ -20,7 +20,8 @@ from engine.qdrant.retry import RetryPolicy
 class ReaderWorker:
     def __init__(self, endpoint: Endpoint, policy: RetryPolicy, spec: SourceFactory, job_id: str) -> None:
         metrics().set_job(job_id)
-        self.source = spec.open(QdrantGrpc(endpoint, policy))
+        self.client = QdrantGrpc(endpoint, policy)  # the source's own client: its stats say what it waits for
+        self.source = spec.open(self.client)
 
     @ray.method(num_returns=3)
     def read(self, shard: int, seq: int, start: Any, stop: Any, limit: int, to_stop: bool,
@@ -32,7 +33,7 @@ class ReaderWorker:
 
     def status(self) -> str | None:
         """What the reader waits for, if it waits for Qdrant (answered while a read is stuck in its retries)."""
-        waiting = self.source.client.stats.waiting()
+        waiting = self.client.stats.waiting()
         return waiting.describe(time.monotonic()) if waiting is not None else None
 
     def pid(self) -> int:

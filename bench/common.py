@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, single-user cluster; FACTS.md: ray.init enables token auth
+# A local, single-user cluster: without this ray.init turns on token auth and wants a token file.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import numpy as np  # noqa: E402
 
@@ -106,24 +107,42 @@ def payload_of(i: int, text: str) -> dict[str, Any]:
 
 
 @contextmanager
-def endpoint() -> Iterator[Any]:
-    """The embedded Qdrant endpoint as a child process on a temporary data dir (removed afterwards)."""
+def endpoint(stats: bool = False) -> Iterator[Any]:
+    """The embedded Qdrant endpoint as a child process on a temporary data dir (removed afterwards). `stats`: it
+    keeps its points-read-from-storage counters in a file (`settled_reads` reads them)."""
     from engine.embedded.process import EmbeddedProcess
 
     data = Path(tempfile.mkdtemp(prefix="reembed-bench-"))
-    proc = EmbeddedProcess(data)
+    proc = EmbeddedProcess(data, stats_file=data.parent / f"{data.name}-stats.json" if stats else None)
     try:
         proc.start()
         yield proc
     finally:
         proc.stop()
         shutil.rmtree(data, ignore_errors=True)
+        if proc.stats_file is not None:
+            proc.stats_file.unlink(missing_ok=True)
+
+
+def settled_reads(proc: Any, collection: str, since: float) -> tuple[int, int]:
+    """(points read from storage with payload, without) of `collection` so far, as the endpoint's stats file says
+    once it holds every read made before `since` (time.time()): the child rewrites the file within its flush
+    interval after any read, so a file older than `since` is waited for that long, then taken as current."""
+    from engine.embedded.server import FLUSH_INTERVAL_S
+
+    deadline = time.monotonic() + FLUSH_INTERVAL_S + 1.5
+    while time.monotonic() < deadline:
+        if proc.stats_file.exists() and proc.stats_file.stat().st_mtime > since:
+            break
+        time.sleep(0.2)
+    reads = proc.storage_reads().get(collection)
+    return (reads.with_payload, reads.without_payload) if reads is not None else (0, 0)
 
 
 def seed_source(port: int, collection: str, n: int, seed: int = 0, dim: int = SOURCE_DIM,
-                texts: Sequence[str] | None = None) -> float:
-    """Create `collection` and write n corpus points (ids 1..n) through raw gRPC, two requests in flight.
-    Returns the seconds it took."""
+                texts: Sequence[str] | None = None, shards: int = 1) -> float:
+    """Create `collection` (with `shards` shards) and write n corpus points (ids 1..n) through raw gRPC, two
+    requests in flight. Returns the seconds it took."""
     from concurrent.futures import ThreadPoolExecutor
 
     from qdrant_client import grpc as pb
@@ -135,7 +154,7 @@ def seed_source(port: int, collection: str, n: int, seed: int = 0, dim: int = SO
     t0 = time.perf_counter()
     client = QdrantGrpc(Endpoint("127.0.0.1", port))
     try:
-        req = pb.CreateCollection(collection_name=collection)
+        req = pb.CreateCollection(collection_name=collection, shard_number=shards)
         req.vectors_config.params.CopyFrom(pb.VectorParams(size=dim, distance=pb.Distance.Cosine))
         client.create_collection(req)
         source = iter(texts) if texts is not None else iter_texts(n, seed)
@@ -337,30 +356,33 @@ def __getattr__(name: str) -> Any:
 
 def run_reembed(cfg, on_pids: Callable[[dict[int, str]], None] | None = None,
                 on_pipeline: Callable[[bool], None] | None = None, time_embed: bool = False) -> ReembedRun:
-    """run_job with the actors' pids collected (and handed to `on_pids`) once they are up, and `on_pipeline(True)`
-    / `on_pipeline(False)` called when the coordinator starts and stops: the window pipeline-only figures cover
-    (run_job itself goes on to write its report after that). `time_embed` runs the embedding actors as
+    """run_job with the actors' pids collected (and handed to `on_pids`) once the first lane is up, and
+    `on_pipeline(True)` / `on_pipeline(False)` called when the coordinator starts and stops: the window pipeline-only
+    figures cover (run_job itself goes on to write its report after that). `time_embed` runs the embedding actors as
     TimedEmbedWorker and returns how long each one's model was busy."""
     import ray
 
-    import actors.runtime
+    import actors.lane
     from engine.app.job import run_job
     from engine.flow.coordinator import Coordinator
 
     result = ReembedRun(summary={})
-    handles: list[Any] = []
+    pools: list[Any] = []
 
-    def grab(runtime) -> None:
-        handles.append(runtime)
-        groups = (("scroll", runtime.scrollers), ("embed", runtime.embedders), ("upload", runtime.uploaders))
-        for kind, group in groups:
-            for i, pid in enumerate(ray.get([a.pid.remote() for a in group])):
-                result.roles[pid] = f"{kind}-{i}"
+    def grab(pool) -> None:
+        pools.append(pool)
+        # Role names by lane worker: read-i / write-i become scroll-i / upload-i (the stages' names in the report).
+        rename = {"read": "scroll", "write": "upload"}
+        for lane, pids in enumerate(pool.pids().values()):
+            for worker, pid in pids.items():
+                kind, _, index = worker.partition("-")
+                role = rename.get(kind, kind) + (f"-{index}" if index else "")
+                result.roles[pid] = role if lane == 0 else f"{role}@{lane}"
         if on_pids is not None:
             on_pids(result.roles)
 
     original_run = Coordinator.__dict__["run"]
-    original_worker = actors.runtime.EmbedWorker
+    original_worker = actors.lane.EmbedWorker
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         if on_pipeline is not None:
@@ -368,19 +390,20 @@ def run_reembed(cfg, on_pids: Callable[[dict[int, str]], None] | None = None,
         try:
             return original_run(self, *args, **kwargs)
         finally:
-            if time_embed and handles:  # before run_job shuts the actors down
-                result.embed_busy = ray.get([e.busy.remote() for e in handles[0].embedders])
+            if time_embed and pools:  # before run_job shuts the actors down
+                embedders = [lane["embed"] for lane in pools[0].handles().values()]
+                result.embed_busy = ray.get([e.busy.remote() for e in embedders])
             if on_pipeline is not None:
                 on_pipeline(False)
 
     Coordinator.run = run  # type: ignore[method-assign]
     if time_embed:
-        actors.runtime.EmbedWorker = _timed_embed_worker()
+        actors.lane.EmbedWorker = _timed_embed_worker()  # start_workers builds the lane's actors in this process
     try:
-        result.summary = run_job(cfg, progress=False, on_runtime=grab)
+        result.summary = run_job(cfg, progress=False, on_pool=grab)
     finally:
         Coordinator.run = original_run  # type: ignore[method-assign]
-        actors.runtime.EmbedWorker = original_worker
+        actors.lane.EmbedWorker = original_worker
     return result
 
 
@@ -390,7 +413,7 @@ class DriverTimers:
     write on every commit) from a slow worker. `save` is a blocking write on the coordinator's thread; `save_text`,
     where the store has it, counts every write, the background saver's (off the coordinator's thread) included."""
 
-    TIMED = (("actors.runtime", "RayRuntime", ("read", "process", "wait", "result")),
+    TIMED = (("actors.pool", "RayLanePool", ("poll", "assign", "refresh")),
              ("engine.flow.checkpoint", "QdrantCheckpointStore", ("save", "save_text")),
              ("engine.flow.checkpoint", "UriCheckpointStore", ("save", "save_text")))
 
@@ -435,7 +458,7 @@ class DriverTimers:
 
 
 def print_driver_timers(report: dict[str, dict[str, float]], pipeline_s: float) -> None:
-    parts = ", ".join(f"{k.split('.', 1)[1] if k.startswith('RayRuntime') else k} {v['s']:.2f} s/{v['calls']}"
+    parts = ", ".join(f"{k.split('.', 1)[1] if k.startswith('RayLanePool') else k} {v['s']:.2f} s/{v['calls']}"
                       for k, v in report.items() if v["calls"])
     print(f"  driver wall time in calls over the {pipeline_s:.1f} s pipeline (seconds/calls): {parts}")
 
@@ -453,6 +476,7 @@ class TreeSampler:
 
     def __init__(self, interval: float = SAMPLE_INTERVAL_S) -> None:
         import ray  # noqa: F401  (puts ray/thirdparty_files, where the psutil Ray ships lives, on sys.path)
+        # isort: split
         import psutil
 
         self.psutil = psutil

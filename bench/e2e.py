@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402  (sets HF_HUB_OFFLINE / RAY_AUTH_MODE before Ray or models load)
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-NAIVE_BATCH = 64  # sentence-transformers encode batch in the naive loop (FACTS.md: ≈ its best on this CPU)
+NAIVE_BATCH = 64  # sentence-transformers encode batch in the naive loop (measured here: ≈ its best on this CPU)
 
 
 def model_only(model: str, texts: list[str], page: int, threads: int) -> dict:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 if contender == "reembed":
                     sampler = common.TreeSampler().start()
 
-                    def on_pipeline(running: bool) -> None:
+                    def on_pipeline(running: bool, sampler: common.TreeSampler = sampler) -> None:
                         sampler.rebase() if running else sampler.freeze()
 
                     cfg = common.reembed_config(ep.port, workdir, "src", "dst_reembed", args.model, **pipeline)

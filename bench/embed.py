@@ -50,7 +50,7 @@ CORPUS_MODULES = (
     "zipfile", "tarfile", "sqlite3", "socket", "selectors", "contextlib", "abc", "io", "codecs", "difflib", "pprint",
 )
 MIN_WORDS, MAX_WORDS, MAX_CHARS = 7, 250, 1200  # measured with the BERT tokenizer: ≈ 9-400 tokens, mean ≈ 110
-H100_BF16_DENSE_TFLOPS = 990.0  # NVIDIA H100 SXM dense bf16 peak (FACTS.md reference line)
+H100_BF16_DENSE_TFLOPS = 990.0  # NVIDIA H100 SXM dense bf16 peak (NVIDIA datasheet)
 
 
 def corpus(n: int, seed: int) -> list[str]:

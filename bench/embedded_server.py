@@ -153,7 +153,8 @@ def bench_endpoint(args: argparse.Namespace, vectors: np.ndarray, workdir: Path)
 def bench_local_mode(args: argparse.Namespace, vectors: np.ndarray, workdir: Path) -> dict:
     n = min(args.baseline_n, len(vectors))
     client = QdrantClient(path=str(workdir / "local"))
-    client.create_collection(COLLECTION, vectors_config=models.VectorParams(size=args.dim, distance=models.Distance.COSINE))
+    client.create_collection(COLLECTION,
+                             vectors_config=models.VectorParams(size=args.dim, distance=models.Distance.COSINE))
     batches = [
         models.Batch(
             ids=list(range(lo, min(lo + args.batch, n))),

@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<32} {figures[f'{kind}_vector_bytes_per_point'] / 1e3:8.1f} KB/point   "
               f"write {figures[f'{kind}_write_points_per_s']:9,.0f} points/s {figures[f'{kind}_write_mb_per_s']:7.1f} "
               f"MB/s   read {figures[f'{kind}_read_points_per_s']:9,.0f} points/s "
-              f"{figures[f'{kind}_read_mb_per_s']:7.1f} MB/s   client encode {figures[f'{kind}_encode_mb_per_s']:7,.0f} MB/s")
+              f"{figures[f'{kind}_read_mb_per_s']:7.1f} MB/s   "
+              f"client encode {figures[f'{kind}_encode_mb_per_s']:7,.0f} MB/s")
     print(f"multivector / dense: write {figures['ratio_write_points_per_s']:.3f}x points/s "
           f"({figures['ratio_write_mb_per_s']:.2f}x MB/s), read {figures['ratio_read_points_per_s']:.3f}x points/s "
           f"({figures['ratio_read_mb_per_s']:.2f}x MB/s)")

@@ -1,8 +1,8 @@
 """The job configuration: YAML validated by pydantic, then environment, then `--set` overrides.
 
 Precedence, lowest first: schema defaults (engine/tunables.py) < the YAML file < QDRANT_URL / QDRANT_API_KEY /
-QDRANT_GRPC_PORT < `--set key=value`. Every problem surfaces as one `ConfigError` line that names the key and the fix; the API key
-never appears in a message, a repr, a log line or a report (`JobConfig.redacted()`).
+QDRANT_GRPC_PORT < `--set key=value`. Every problem surfaces as one `ConfigError` line that names the key and the fix;
+the API key never appears in a message, a repr, a log line or a report (`JobConfig.redacted()`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 import string
 import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, TypeGuard
 from urllib.parse import urlsplit
 
 import annotated_types
@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
 from engine import tunables
@@ -65,7 +66,7 @@ _EXAMPLE_SOURCE, _EXAMPLE_TARGET, _EXAMPLE_ALIAS = "articles", "articles_minilm"
 
 def _field(default: Any, description: str, reason: str | None = None, **constraints: Any) -> Any:
     """A field with its description and, for range errors, the reason the range exists (shown to the user)."""
-    extra = {"reason": reason} if reason else None
+    extra: JsonDict | None = {"reason": reason} if reason else None
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
@@ -592,6 +593,12 @@ class PipelineConfig(_Section):
         "this; null = no probe.",
         gt=0, le=600_000,
     )
+    adaptive_pacing: bool = _field(
+        True,
+        "Writers adapt their requests in flight and their rate to the server's refusals, latency and search p99; "
+        "false = each writer keeps upload_requests_in_flight requests in flight whatever the server says (a refused "
+        "request is retried after its retry-after), the baseline bench/pacing.py compares with.",
+    )
 
     @field_validator("embed_gpus_per_actor")
     @classmethod
@@ -799,7 +806,8 @@ class JobConfig(BaseModel):
     target: TargetConfig = Field(default_factory=TargetConfig, description="Where the new vectors go.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The new embedding model.")
     strategy: Strategy = Field(
-        "new_collection", description="auto, new_collection, in_place, side_by_side or hybrid (see DESIGN.md)."
+        "new_collection",
+        description="auto, new_collection, in_place, side_by_side or hybrid (README: Choosing a strategy).",
     )
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Parallelism and flow control.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Resume state.")
@@ -922,7 +930,7 @@ def _section_names() -> tuple[str, ...]:
     return tuple(k for k, f in JobConfig.model_fields.items() if _is_model(f.annotation))
 
 
-def _is_model(annotation: Any) -> bool:
+def _is_model(annotation: Any) -> TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
@@ -1098,7 +1106,8 @@ def _field_at(loc: Sequence[Any]) -> tuple[type[BaseModel] | None, FieldInfo | N
 
 
 def _bounds(info: FieldInfo | None) -> tuple[Any, Any, bool, bool]:
-    low = high = None
+    low: Any = None
+    high: Any = None
     low_open = high_open = False
     for meta in info.metadata if info else ():
         if isinstance(meta, annotated_types.Ge):

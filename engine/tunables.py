@@ -1,9 +1,10 @@
 """Every tunable default in one place, each with its reason. Config values override these per job."""
 
 # --- writes -------------------------------------------------------------------------------------------------------
-UPLOAD_BATCH = 256  # Qdrant bulk-upload guidance: 64-256; bench/dataplane.py here: 256 cuts server CPU/point ~8 % vs 128.
+UPLOAD_BATCH = 256  # Qdrant bulk-upload guidance: 64-256; bench/dataplane.py: 256 cuts server CPU/point ~8 % vs 128.
 UPLOAD_BATCH_MIN, UPLOAD_BATCH_MAX = 64, 256  # the same guidance, enforced on the config.
-MAX_REQUEST_BYTES = 8 * 1024 * 1024  # Qdrant caps requests at 32 MiB; stay well under so headers and retries fit.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024  # a write request's size: Qdrant's gRPC takes any size (REST caps at 32 MiB), but
+# requests of a few MB keep each write's latency and a retry's cost small.
 UPLOAD_REQUESTS_IN_FLIGHT = 4  # measured here: 1 in flight halves throughput, 2-4 saturate the server, 8 adds nothing.
 
 # --- write pacing (engine/qdrant/pacing.py) -----------------------------------------------------------------------
@@ -55,6 +56,9 @@ LANE_STREAMS = 2  # leases a lane reads at once: reads are sequential within a l
 LANE_REPORT_MIN_S = 0.2  # a lane holds its report at least this long after the previous one, so each report carries
 # many pages' acks: the driver's cost is per report (bench/coordinator.py), not per page.
 LANE_START_TIMEOUT_S = 600.0  # a lane's actors placed and its model loaded; a big model on a cold node takes minutes.
+LANE_START_DEATHS_MAX = 3  # lanes in a row that died while starting on one node before it is rested: a node that
+# cannot start a worker (a dead agent, a broken install) would otherwise take a new lane every second, forever
+LANE_NODE_REST_S = 60.0  # how long such a node gets no new lane; after it, one more try (it may have recovered)
 RESOURCE_WAIT_S = 600.0  # pipeline.min_gpus: how long a job waits for the cluster (an autoscaler) to offer them.
 STEAL_MIN_PAGES = 4  # a range is split for an idle lane only when more than this many pages are left: below that
 # the split costs more (a new lease, its first read) than the pages it moves.
@@ -70,6 +74,9 @@ RPC_TIMEOUT_S = 60.0  # one RPC; a wait=true upsert of 256 points finishes far s
 RETRY_OUTAGE_BUDGET_S = 900.0  # per request, UNAVAILABLE/DEADLINE_EXCEEDED/rate limits are waited out this long
 # (whatever max_attempts says): a rolling restart of a Qdrant cluster or a node recovering its WAL takes minutes, and a
 # job of days should pause through it, not die; 15 min is long enough for that and short enough to surface a real loss.
+OUTAGE_ANNOUNCE_AFTER_S = 5.0  # the driver's own calls (setup, index restore, cutover) say what they wait for once a
+# wait passes this (a blip below it is routine and the debug log has it) ...
+OUTAGE_ANNOUNCE_EVERY_S = 30.0  # ... and again this often, so a long outage is visible without flooding the log.
 
 # --- embedding ----------------------------------------------------------------------------------------------------
 TOKEN_BUDGET_CPU = 2048  # padded tokens per CPU forward; bench/embed.py here: 1024-4096 within 2 %, 8192 4 % slower.
@@ -80,7 +87,8 @@ BATCH_OVERHEAD_TOKENS_GPU = 4096  # estimate: ~100 kernel launches (~0.5 ms) at 
 
 # --- checkpoints --------------------------------------------------------------------------------------------------
 CHECKPOINT_COLLECTION = "_reembed"  # progress lives in the target Qdrant so a resubmitted job on a new head resumes.
-CHECKPOINT_MIN_INTERVAL_S = 1.0  # a crash redoes in-flight pages + <= 1 s of commits; saving every commit cost the server ~10 %.
+CHECKPOINT_MIN_INTERVAL_S = 1.0  # a crash redoes in-flight pages + <= 1 s of commits; saving every commit cost the
+# server ~10 % of its CPU.
 
 # --- strategies ---------------------------------------------------------------------------------------------------
 DEFERRED_INDEXING_THRESHOLD_KB = 2**40  # "very high" (guide): no segment reaches it, so no HNSW builds during a load.

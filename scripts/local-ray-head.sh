@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Start a local Ray head with the dashboard on 127.0.0.1:8265, so `ray job submit` works exactly as on a cluster:
-#   scripts/local-ray-head.sh && ray job submit --address http://127.0.0.1:8265 --working-dir . \
+# A local Ray head on free ports, so `ray job submit` works exactly as on a cluster. It prints the address to submit
+# to and runs until Ctrl-C (or SIGTERM), then stops this head and only it (never `ray stop`, which would end every Ray
+# process on the machine):
+#   scripts/local-ray-head.sh &        # prints RAY_ADDRESS=http://127.0.0.1:<port>
+#   ray job submit --address http://127.0.0.1:<port> --working-dir . \
 #       --runtime-env-json '{"excludes": [".venv", ".git"]}' -- python -m engine run --config configs/demo.yaml
-# Stop it with `ray stop`.
+# WORKERS=2 GPUS_PER_WORKER=1 adds worker nodes that declare GPUs (lane placement without GPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RAY="${RAY:-.venv/bin/ray}"
-[ -x "$RAY" ] || { echo "error: $RAY not found; run 'make install' first (or set RAY=path/to/ray)" >&2; exit 2; }
-"$RAY" start --head --num-cpus="${NUM_CPUS:-$(nproc)}" --include-dashboard=true --dashboard-host=127.0.0.1 \
-  --node-ip-address=127.0.0.1 --disable-usage-stats
-echo "Ray head up: dashboard http://127.0.0.1:8265 (RAY_ADDRESS=http://127.0.0.1:8265 for ray job submit)"
+PY="${PY:-.venv/bin/python}"
+[ -x "$PY" ] || { echo "error: $PY not found; run 'make install' first (or set PY=path/to/python)" >&2; exit 2; }
+exec "$PY" scripts/local_cluster.py --head-cpus "${NUM_CPUS:-$(nproc)}" --workers "${WORKERS:-0}" \
+  --gpus-per-worker "${GPUS_PER_WORKER:-0}"

@@ -140,8 +140,12 @@ class LocalCluster:
         """A worker node joins (as an autoscaler adds one); returns once it is started, not yet registered."""
         index = sum(1 for n in self.nodes if n.name.startswith("worker"))
         manager = free_port()
+        # A temp dir of its own, as a separate machine has: nodes sharing one (Ray's default here) share one
+        # runtime_resources dir, and one node's agent deleting a job's unused working_dir pulls the files from
+        # under another node's workers mid-import ("No module named ..." seen in a cluster test).
         return self._spawn(f"worker-{index}", [f"--address={self.address}", f"--num-cpus={cpus}",
-                                               f"--num-gpus={gpus}", *_node_ports(manager)], gpus, manager)
+                                               f"--num-gpus={gpus}", f"--temp-dir={self.root / f't{index}'}",
+                                               *_node_ports(manager)], gpus, manager)
 
     def node_ids(self) -> dict[str, str]:
         """Ray's node id -> this cluster's node name, for the nodes alive now (asked through the dashboard)."""
@@ -243,7 +247,10 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("REEMBED_KEEP_CLUSTER_DIR"):  # the nodes' logs and Ray's session dirs, for a post-mortem
+            print(f"cluster dir kept: {self.root}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
         return left
 
     def __enter__(self) -> "LocalCluster":

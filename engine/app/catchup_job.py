@@ -11,17 +11,18 @@ from typing import Any
 
 from actors.pool import RayLanePool
 from actors.start import start_ray
+from engine import tunables
 from engine.app import wiring
 from engine.app.lanes import lane_options, lane_spec, vectorizer_spec
-from engine import tunables
+from engine.app.preconditions import count_points, range_splitter
 from engine.config import JobConfig
 from engine.errors import PreconditionError
-from engine.flow import shards as planning
 from engine.flow.checkpoint import fingerprint
 from engine.flow.coordinator import Coordinator, CoordinatorOptions
 from engine.flow.deadletters import DeadLetters
 from engine.flow.state import JobState, ShardState
-from engine.migration.catchup import TALLY_KEYS, CatchUpSpec
+from engine.migration.catchup import SCAN_PAGE, TALLY_KEYS, CatchUpSpec
+from engine.qdrant.strict import StrictMode
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,17 @@ def run_catch_up(cfg: JobConfig) -> dict[str, Any]:
                 "--catch-up reconciles a plain new_collection re-embed only; for this job have the application "
                 "write the new vector too, or run the job again with --restart"
             )
-        spec = CatchUpSpec(source=cfg.source.collection, target=d.collection, text=wiring.text_spec_of(cfg))
+        source_info = client.collection_info(cfg.source.collection)
+        if source_info is None:
+            raise PreconditionError(f"source collection {cfg.source.collection!r} no longer exists, so there is "
+                                    "nothing to catch up from; point source.collection at the live collection")
+        target_info = client.collection_info(d.collection)
+        spec = CatchUpSpec(source=cfg.source.collection, target=d.collection, text=wiring.text_spec_of(cfg),
+                           source_page=StrictMode.from_info(source_info).page_limit(SCAN_PAGE),
+                           target_page=StrictMode.from_info(target_info).page_limit(SCAN_PAGE))
+        # Strict mode as the backfill keeps it: no exact count where it is refused, a split sample and pages inside
+        # the source's query limit, writes inside the target's batch limits.
+        total = count_points(client, cfg.source.collection, source_info)
         pass_state = store.load(catch_up_id(job_id))
         if pass_state is None or pass_state.finished:
             shards = [ShardState(shard=i, lo=s.lo, hi=s.hi, cursor=s.lo, shard_key=s.shard_key)
@@ -56,14 +67,15 @@ def run_catch_up(cfg: JobConfig) -> dict[str, Any]:
             store.save(pass_state)
         start_ray()
         root = wiring.runs_root(cfg)
-        lanes = replace(lane_spec(cfg, job_id, d, vectorizer_spec(cfg, d, None), root), source=spec)
+        lanes = replace(lane_spec(cfg, job_id, d, vectorizer_spec(cfg, d, None), root, source=source_info,
+                                  target=target_info), source=spec)
         pool = RayLanePool(lanes, lane_options(cfg), name_prefix=f"reembed-{job_id}-cu",
                            max_lanes=cfg.pipeline.embed_actors)
         try:
             pool.wait_first(cfg.pipeline.lane_start_timeout_s)
             stats = Coordinator(
                 pass_state, pool, store,
-                splitter=planning.SampleSplitter(client, cfg.source.collection, client.count(cfg.source.collection)),
+                splitter=range_splitter(client, cfg.source.collection, source_info, total),
                 options=CoordinatorOptions(save_interval_s=cfg.pipeline.checkpoint_interval_s,
                                            streams_per_lane=cfg.pipeline.streams_per_lane,
                                            steal_min_points=tunables.STEAL_MIN_PAGES * cfg.pipeline.scroll_page,

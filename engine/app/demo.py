@@ -65,11 +65,11 @@ def _top(client: QdrantGrpc, collection: str, vector, using: str | None, k: int 
 
 
 def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False) -> int:
-    from engine.config import load_config
     from engine.app.demo_corpus import demo_queries, stdlib_passages
+    from engine.app.verify_job import run_verify
+    from engine.config import load_config
     from engine.embed import HashedBowEmbedder, build_embedder
     from engine.embedded.process import EmbeddedProcess
-    from engine.app.verify_job import run_verify
 
     t0 = time.monotonic()
     root = Path(data_dir)
@@ -78,7 +78,8 @@ def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False)
     passages = stdlib_passages(limit=limit)
     legacy = HashedBowEmbedder(LEGACY_DIM)
     with EmbeddedProcess(str(root / "qdrant")) as server:
-        cfg = load_config(demo_config(), overrides=[f"qdrant.grpc_port={server.port}", f"dead_letter.dir={root / 'runs'}"])
+        cfg = load_config(demo_config(), overrides=[f"qdrant.grpc_port={server.port}",
+                                                    f"dead_letter.dir={root / 'runs'}"])
         endpoint = Endpoint(host="127.0.0.1", port=server.port)
         client = QdrantGrpc(endpoint)
         n = seed_source(client, cfg.source.collection, passages, legacy)
@@ -88,6 +89,7 @@ def run_demo(data_dir: str = "demo-data", limit: int = 3000, keep: bool = False)
         summary = jobs.run_job(cfg)
         target = wiring.target_collection(cfg)
         alias = cfg.target.alias
+        assert alias is not None  # configs/demo.yaml sets target.alias
         # Before the swap the application's alias points at the old collection.
         client.update_aliases([pb.AliasOperations(create_alias=pb.CreateAlias(
             collection_name=cfg.source.collection, alias_name=alias))])

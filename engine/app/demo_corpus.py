@@ -140,7 +140,7 @@ def _walk_isolated(min_chars: int, max_chars: int) -> list[tuple[str, str, str]]
     if done.returncode != 0:
         last = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"demo corpus: reading the stdlib docstrings failed (exit {done.returncode}): {last[0]}")
-    return [tuple(row) for row in json.loads(done.stdout.decode("utf-8"))]  # type: ignore[misc]
+    return [tuple(row) for row in json.loads(done.stdout.decode("utf-8"))]
 
 
 def _emit(min_chars: int, max_chars: int) -> None:

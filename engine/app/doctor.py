@@ -30,8 +30,8 @@ import numpy as np
 from qdrant_client import grpc as pb
 
 from actors.sizing import LaneOptions, node_lanes
-from engine.app import wiring
 from engine import tunables
+from engine.app import wiring
 from engine.config import JobConfig
 from engine.embed.base import identity
 from engine.embed.vectorset import MultiVectors, VectorSet
@@ -554,7 +554,9 @@ def node_checks(node: str, resources: Mapping[str, float], spec: NodeSpec, *,
     results.append(check_run_dir(node, spec.runs_root, token, spec.shared_folder))
     lanes, _ = node_lanes(resources, spec.lanes)
     if build is None:
-        from engine.embed.vectorize import build_vectorizer as build
+        from engine.embed.vectorize import build_vectorizer
+
+        build = build_vectorizer
     model_result, model = check_model(node, spec.vectorizer, lanes, resources, build)
     results.append(model_result)
     return NodeReport(node, results, model)
@@ -771,7 +773,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("doctor", help="check every node of the cluster before a job (exit 0: nothing FAILs)")
     config_args(p)
     p.add_argument("--timeout", type=_timeout, default=tunables.DOCTOR_NODE_TIMEOUT_S, metavar="SECONDS",
-                   help=f"how long each node may take to answer (default {tunables.DOCTOR_NODE_TIMEOUT_S:g}; a first model "
+                   help=f"how long each node may take to answer (default {tunables.DOCTOR_NODE_TIMEOUT_S:g}; "
+                        "a first model "
                         "download takes minutes)")
     p.add_argument("--json", action="store_true", help="also print one JSON object of every result, as the last line")
     p.set_defaults(func=cmd_doctor)

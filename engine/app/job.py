@@ -19,12 +19,14 @@ from qdrant_client import grpc as pb
 from actors.metrics import StageSampler, metrics
 from actors.pool import RayLanePool
 from actors.start import start_ray, wait_for_gpus
+from engine import tunables
 from engine.app import doctor, wiring
 from engine.app.lanes import lane_options, lane_spec, vectorizer_spec
-from engine.app.preconditions import Probe, probe
+from engine.app.preconditions import Probe, probe, range_splitter
 from engine.app.progress import Progress
 from engine.config import JobConfig
 from engine.embed.base import IDENTITY_KEYS
+from engine.errors import QdrantRequestError
 from engine.flow import shards as planning
 from engine.flow.checkpoint import CheckpointStore, check_resume, fingerprint
 from engine.flow.coordinator import Coordinator, CoordinatorOptions, RunStats
@@ -32,7 +34,6 @@ from engine.flow.deadletters import DeadLetters
 from engine.flow.state import Decision, JobState
 from engine.migration import strategies
 from engine.migration.target import check_target, create_target
-from engine import tunables
 from engine.qdrant.client import QdrantGrpc, ServerInfo
 from engine.qdrant.pacing import SearchProbe
 from engine.qdrant.points import stored_vector
@@ -158,10 +159,8 @@ def _run_backfill(cfg: JobConfig, *, restart: bool, progress: bool,
                 bar(state_, stats_)
 
             coordinator = Coordinator(
-                state, pool, store, splitter=planning.SampleSplitter(
-                    client, cfg.source.collection, found.total,
-                    # a sample is a Query: the source's strict-mode query limit bounds it like any other
-                    sample=StrictMode.from_info(found.source_info).sample_limit(tunables.SPLIT_SAMPLE)),
+                state, pool, store,
+                splitter=range_splitter(client, cfg.source.collection, found.source_info, found.total),
                 on_progress=on_progress, options=CoordinatorOptions(
                     save_interval_s=cfg.pipeline.checkpoint_interval_s,
                     streams_per_lane=cfg.pipeline.streams_per_lane,
@@ -186,8 +185,20 @@ def _run_backfill(cfg: JobConfig, *, restart: bool, progress: bool,
     finally:
         client.close()
     result = summary(cfg, state, found.total, t0, stats)
-    result["report"] = write_report_quietly(cfg, state, wiring.run_dir(cfg, state.job_id))  # report.json + report.html in the run directory
+    # report.json + report.html in the run directory
+    result["report"] = write_report_quietly(cfg, state, wiring.run_dir(cfg, state.job_id))
     return result
+
+
+def _shards_per_key(client: QdrantGrpc, collection: str) -> dict[Any, int] | None:
+    """The source's shards per key, or None (each key then gets the collection's shard_number) where the server
+    will not tell: cluster info can be closed to a collection-scoped API key."""
+    try:
+        return client.shards_per_key(collection)
+    except QdrantRequestError as exc:
+        log.warning("cannot read the shards per key of %r (%s); each target key gets the collection's shard_number",
+                    collection, exc)
+        return None
 
 
 def _prepare(cfg: JobConfig, client: QdrantGrpc, server: ServerInfo, store: CheckpointStore, found: Probe,
@@ -205,13 +216,14 @@ def _prepare(cfg: JobConfig, client: QdrantGrpc, server: ServerInfo, store: Chec
             request = strategies.new_collection_request(cfg, decision, found.schema, dim)
             create_target(client, request, found.source_info, job_id, model, server)
             owned = sorted({*owned, decision.collection})
-            for key_request in strategies.shard_keys_request(decision.collection, keys or []):
+            widths = _shards_per_key(client, cfg.source.collection) if keys else None
+            for key_request in strategies.shard_keys_request(decision.collection, keys or [], shards_by_key=widths):
                 client.create_shard_key(key_request)  # before any write: each write names its key
     if state is None:
         sample_limit = StrictMode.from_info(found.source_info).sample_limit(10**9)
         if keys is not None:
-            boundaries = planning.plan_keyed(client, cfg.source.collection, keys, cfg.pipeline.shards,
-                                             sample_limit=sample_limit)
+            boundaries: list[Any] = planning.plan_keyed(client, cfg.source.collection, keys, cfg.pipeline.shards,
+                                                        sample_limit=sample_limit)
         else:
             boundaries = planning.plan_boundaries(client, cfg.source.collection, cfg.pipeline.shards,
                                                   sample_limit=sample_limit)

@@ -8,8 +8,8 @@ from qdrant_client import grpc as pb
 
 from actors.lane import LaneSpec
 from actors.sizing import LaneOptions
-from engine.app import wiring
 from engine import tunables
+from engine.app import wiring
 from engine.config import JobConfig
 from engine.flow.lane import RedoPolicy
 from engine.flow.sink import SinkSpec

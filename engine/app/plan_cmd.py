@@ -20,9 +20,9 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from qdrant_client import grpc as pb
 
+from engine.app import wiring
 from engine.app.lanes import vectorizer_spec
 from engine.app.preconditions import probe
-from engine.app import wiring
 from engine.flow import shards as planning
 from engine.flow.state import Decision
 from engine.migration import strategies
@@ -123,7 +123,7 @@ def make_plan(cfg, calibration: bool = True) -> dict[str, Any]:
             # No model is loaded and no text is read: the stored vectors stay, Qdrant re-quantizes them.
             assert info is not None
             total = int(info.points_count)
-            out = {"server": server.version, "reembed_needed": False,
+            out: dict[str, Any] = {"server": server.version, "reembed_needed": False,
                    "source": strategies.SourceSchema.from_info(cfg.source.collection, info, total).describe(),
                    "requantize": requantize_summary(answer)}
             _advise(out, client, cfg.source.collection, total)
@@ -158,7 +158,7 @@ def make_plan(cfg, calibration: bool = True) -> dict[str, Any]:
             rows = float(cal["tokens_per_text"]) if cal is not None and "tokens_per_text" in cal else 0.0
             if not rows:
                 out["multivector_bytes"] = "unknown without calibration (one row per token of each text)"
-        per_point = POINT_OVERHEAD_BYTES + (4 * dim * rows if dim else 0) + (400 if decision.sparse_name else 0)
+        per_point: float = POINT_OVERHEAD_BYTES + (4 * dim * rows if dim else 0) + (400 if decision.sparse_name else 0)
         if decision.layout == "new_collection" and decision.copy_vectors:
             # every stored vector goes along with the payload: the sampled whole point, multivectors' rows included
             per_point += out["source_bytes"] / total if total else 0.0
@@ -234,9 +234,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_map(args: argparse.Namespace) -> int:
-    from engine.migration import shortcuts
     from engine.app.args import load
     from engine.errors import ConfigError
+    from engine.migration import shortcuts
 
     cfg = load(args)
     if cfg.shortcut.kind != "linear_map":

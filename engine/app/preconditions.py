@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from qdrant_client import grpc as pb
 
+from engine import tunables
 from engine.app import wiring
 from engine.config import JobConfig
 from engine.errors import PreconditionError
+from engine.flow import shards as planning
 from engine.flow.source import SourceSpec
 from engine.flow.state import Decision
 from engine.migration import strategies
@@ -38,14 +40,13 @@ def check_source(cfg: JobConfig, client: QdrantGrpc) -> tuple[pb.CollectionInfo,
             f"source collection {src!r} does not exist on {client.endpoint.address} (collections: {known}); "
             "set source.collection to an existing collection or alias"
         )
-    # An exact count is a full scan: a collection in strict mode may forbid it; the estimate then sizes the plan.
-    total = client.count(src, exact=StrictMode.from_info(info).exact_allowed())
+    total = count_points(client, src, info)
     if total == 0 or cfg.shortcut.kind != "none":
         return info, total  # a shortcut reads stored vectors, not text (strategies.decide checks the vector)
     spec = wiring.text_spec_of(cfg)
     # The first page, read as the lanes will read it (large replies split, unreadable points recorded).
     reader = SourceSpec(collection=src, text=spec, copy_payload=False).open(client)
-    key = (client.list_shard_keys(src) or [None])[0] if strategies.is_custom_sharded(info) else None
+    key = next(iter(client.list_shard_keys(src)), None) if strategies.is_custom_sharded(info) else None
     meta, _, _ = reader.read_page(0, 0, None, None, StrictMode.from_info(info).page_limit(TEXT_PROBE_POINTS),
                                   shard_key=key)
     reasons = [reason for _, reason in meta.dead]
@@ -66,6 +67,20 @@ def check_source(cfg: JobConfig, client: QdrantGrpc) -> tuple[pb.CollectionInfo,
             "source.text_template to where the text lives"
         )
     return info, total
+
+
+def count_points(client: QdrantGrpc, collection: str, info: pb.CollectionInfo | None) -> int:
+    """The collection's points, counted exactly where its strict mode allows it, else estimated: an exact count is a
+    full scan, which `search_allow_exact: false` refuses; the estimate is good enough to size plans and splits."""
+    return client.count(collection, exact=StrictMode.from_info(info).exact_allowed())
+
+
+def range_splitter(client: QdrantGrpc, collection: str, info: pb.CollectionInfo | None,
+                   total: int) -> planning.SampleSplitter:
+    """Where the coordinator splits the source's long ranges: its sample is a Query, so the source's strict-mode
+    query limit bounds it like any other (a larger one is refused, and the sample with it)."""
+    return planning.SampleSplitter(client, collection, total,
+                                   sample=StrictMode.from_info(info).sample_limit(tunables.SPLIT_SAMPLE))
 
 
 def probe(cfg: JobConfig, client: QdrantGrpc, server: ServerInfo) -> Probe:

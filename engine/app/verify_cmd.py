@@ -15,7 +15,7 @@ def _sample(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give a count such as 1000, or all")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give a count such as 1000, or all") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1 (or all)")
     return value

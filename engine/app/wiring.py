@@ -80,7 +80,7 @@ def connect(cfg: JobConfig) -> tuple[QdrantGrpc, ServerInfo]:
     finally:
         probe.close()
     log.info("connected to %s at %s, version %s", info.title, endpoint.address, info.version)
-    return QdrantGrpc(endpoint, policy_of(cfg)), info
+    return QdrantGrpc(endpoint, policy_of(cfg), announce_waits=True), info
 
 
 def make_store(cfg: JobConfig, client: QdrantGrpc) -> CheckpointStore:

@@ -24,7 +24,7 @@ SPEC_DEFAULTS: dict = {
     "threads": None,
 }
 
-_HASH_KINDS = {"hash": HashEmbedder, "hashed-bow": HashedBowEmbedder}
+_HASH_KINDS: dict[str, type[HashEmbedder | HashedBowEmbedder]] = {"hash": HashEmbedder, "hashed-bow": HashedBowEmbedder}
 MODEL_KINDS = ("dense", "late_interaction")
 
 

@@ -49,7 +49,7 @@ import string
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ from engine import tunables
 from engine.embed.batching import Batch, pad_batch, plan_batches
 from engine.embed.devices import dtype_name, resolve_device, resolve_dtype
 from engine.embed.resolve import model_fingerprint, model_revision, resolve_model_path
-from engine.embed.st_config import DenseLayer, _activation_name, _read_json
+from engine.embed.st_config import DenseLayer, _activation_name, _read_json, _read_json_object
 from engine.embed.transformer import (
     _OOM,
     _check_options,
@@ -140,7 +140,7 @@ def read_layout(path: str, name: str | None = None, revision: str | None = None)
         if layout is not None:
             return layout
     config_file = os.path.join(path, "config.json")
-    architectures = []
+    architectures: list[str] = []
     if os.path.isfile(config_file):
         config = _read_json(config_file)
         architectures = (config.get("architectures") or []) if isinstance(config, dict) else []
@@ -208,7 +208,7 @@ def _pylate_layout(path: str, modules_file: str, name: str) -> LateInteractionLa
         if kind == "Transformer" and transformer_path is None:
             transformer_path = sub
         elif kind == "Dense" and transformer_path is not None:
-            config = _read_json(os.path.join(sub, "config.json"))
+            config = _read_json_object(os.path.join(sub, "config.json"))
             try:
                 dense.append(DenseLayer(
                     path=sub,
@@ -505,6 +505,7 @@ class LateInteractionEmbedder:
         with torch.inference_mode():
             for batch in encoded.batches:
                 ids, present = pad_batch([encoded.rows[i] for i in batch.indices], batch.width, self._pad_id)
+                assert present is not None  # pad_batch returns the mask unless with_mask=False
                 attention, keep = self._masks(encoded, batch, ids, present)
                 host = [torch.from_numpy(a) for a in (ids, attention, keep)]
                 if on_gpu:
@@ -611,7 +612,7 @@ def _linear_tensors(path: str) -> dict[str, torch.Tensor]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index_file = os.path.join(path, index_name)
         if os.path.isfile(index_file):
-            weight_map = _read_json(index_file).get("weight_map", {})
+            weight_map = _read_json_object(index_file).get("weight_map", {})
             files = sorted({os.path.join(path, f) for k, f in weight_map.items() if k.startswith("linear.")})
             break
     else:
@@ -639,7 +640,8 @@ def _linear_tensors(path: str) -> dict[str, torch.Tensor]:
 
 def _output_dim(projection: list[torch.nn.Module]) -> int:
     last = projection[-1]
-    linear = last if isinstance(last, torch.nn.Linear) else last.linear
+    # _load_projection builds only Linear and _DenseModule layers
+    linear = last if isinstance(last, torch.nn.Linear) else cast(_DenseModule, last).linear
     return int(linear.out_features)
 
 

@@ -35,6 +35,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, modes: Sequence[str]) -> torc
             if mean_sum is None:
                 mean_sum = (hidden * maskf).sum(dim=1)
                 counts = maskf.sum(dim=1).clamp(min=1e-9)
+            assert counts is not None  # set together with mean_sum
             out.append(mean_sum / (counts if mode == "mean" else counts.sqrt()))
         elif mode == "weightedmean":
             positions = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype).view(1, -1, 1)

@@ -151,7 +151,7 @@ def model_revision(path: str) -> str | None:
             from importlib.metadata import version
 
             return f"{_PACKAGED_MINILM_DIST}=={version(_PACKAGED_MINILM_DIST)}"
-        except Exception:  # metadata missing in an unusual install: the fingerprint still identifies the weights
+        except Exception:  # noqa: BLE001 - metadata missing in an unusual install: the fingerprint identifies the weights
             return None
     return None
 

@@ -60,6 +60,14 @@ def _read_json(path: str) -> dict | list:
         raise ModelError(f"cannot read {path}: {exc}; repair or re-download the model directory") from exc
 
 
+def _read_json_object(path: str) -> dict:
+    """A JSON config file that must hold an object (a module's config.json, sentence_bert_config.json)."""
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise ModelError(f"{path} is not a JSON object; repair or re-download the model directory")
+    return config
+
+
 def parse_pooling_config(config: dict) -> tuple[tuple[str, ...], bool]:
     """Pooling modes (in concatenation order) and include_prompt, from either config format."""
     if "pooling_mode" in config:
@@ -103,9 +111,9 @@ def read_st_meta(model_dir: str) -> STMeta:
         if kind == "Transformer" and transformer_path is None:
             transformer_path = sub
         elif kind == "Pooling" and pooling is None and transformer_path is not None:
-            pooling, include_prompt = parse_pooling_config(_read_json(os.path.join(sub, "config.json")))
+            pooling, include_prompt = parse_pooling_config(_read_json_object(os.path.join(sub, "config.json")))
         elif kind == "Dense" and pooling is not None and not normalize:
-            config = _read_json(os.path.join(sub, "config.json"))
+            config = _read_json_object(os.path.join(sub, "config.json"))
             dense.append(DenseLayer(
                 path=sub,
                 in_features=int(config["in_features"]),
@@ -139,7 +147,7 @@ def _sentence_bert_config(transformer_dir: str) -> dict:
     path = os.path.join(transformer_dir, "sentence_bert_config.json")
     if not os.path.isfile(path):
         return {}
-    config = _read_json(path)
+    config = _read_json_object(path)
     max_len = config.get("max_seq_length")
     return {
         "max_seq_length": int(max_len) if max_len else None,

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -434,7 +434,8 @@ def _truncating_backend(tokenizer, max_length: int, do_lower_case: bool):
     if not getattr(tokenizer, "is_fast", False):
         return None
     from tokenizers import Tokenizer
-    from tokenizers.normalizers import Lowercase, Sequence as NormalizerSequence
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.normalizers import Sequence as NormalizerSequence
 
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_padding()
@@ -442,12 +443,14 @@ def _truncating_backend(tokenizer, max_length: int, do_lower_case: bool):
     if do_lower_case:
         # sentence_bert_config do_lower_case: sentence-transformers prepends a Lowercase normaliser.
         normalizer = backend.normalizer
+        # A normalizers.Sequence iterates through __getitem__; its stub has no __iter__, which mypy looks for.
         has_lowercase = isinstance(normalizer, Lowercase) or (
-            isinstance(normalizer, NormalizerSequence) and any(isinstance(n, Lowercase) for n in normalizer))
+            isinstance(normalizer, NormalizerSequence)
+            and any(isinstance(n, Lowercase) for n in cast(Iterable[Any], normalizer)))
         if not has_lowercase:
             parts = [Lowercase()]
             if isinstance(normalizer, NormalizerSequence):
-                parts += list(normalizer)
+                parts += list(cast(Iterable[Any], normalizer))
             elif normalizer is not None:
                 parts.append(normalizer)
             backend.normalizer = NormalizerSequence(parts)

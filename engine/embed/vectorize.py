@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.embed.base import truncate_and_normalize
-from engine.errors import ModelError
 from engine.embed.vectorset import MultiVectors, VectorSet
+from engine.errors import ModelError
 
 
 class Shortcut:

@@ -71,7 +71,7 @@ def dense_floats(dense: pb.DenseVector) -> Sequence[float]:
     return memoryview(raw)[len(raw) - 4 * count :].cast("f")
 
 
-class MultiDense(list):  # type: ignore[type-arg]
+class MultiDense(list):
     """A multivector (ColBERT-style: several dense vectors of one size) on its way to qdrant-edge."""
 
 
@@ -357,7 +357,7 @@ def condition_in(cond: pb.Condition) -> Any:
     if kind == "has_vector":
         return qe.HasVectorCondition(cond.has_vector.has_vector)
     if kind == "slice":
-        return qe.SliceCondition(cond.slice.total, cond.slice.index)
+        return qe.SliceCondition(cond.slice.total, cond.slice.index)  # type: ignore[attr-defined]  # stub lacks it
     raise bad_input("Condition without a variant: set one of field, is_empty, has_id, filter, is_null, nested")
 
 
@@ -411,7 +411,7 @@ def _match_in(match: pb.Match) -> Any:
     if kind == "boolean":
         # qdrant-edge 0.9 reads a Python bool as the integer 1/0 (bool subclasses int), so `true` would never
         # match a boolean payload; numpy.bool_ is not an int and reaches its bool branch.
-        return qe.MatchValue(np.bool_(match.boolean))
+        return qe.MatchValue(np.bool_(match.boolean))  # type: ignore[arg-type]  # stub omits numpy.bool_
     if kind in ("keyword", "integer"):
         return qe.MatchValue(getattr(match, kind))
     if kind == "text":
@@ -530,7 +530,7 @@ def modifier_in(message: Any) -> Any:
 
 # Payload index types: the request speaks FieldType (Keyword=0...), CollectionInfo speaks PayloadSchemaType
 # (Keyword=1...), qdrant-edge has its own enum and params classes.
-FIELD_TYPES: dict[int, tuple[int, Any, str]] = {
+FIELD_TYPES: dict[pb.FieldType.ValueType, tuple[pb.PayloadSchemaType.ValueType, Any, str]] = {
     pb.FieldType.FieldTypeKeyword: (pb.PayloadSchemaType.Keyword, qe.PayloadSchemaType.Keyword, "keyword_index_params"),
     pb.FieldType.FieldTypeInteger: (pb.PayloadSchemaType.Integer, qe.PayloadSchemaType.Integer, "integer_index_params"),
     pb.FieldType.FieldTypeFloat: (pb.PayloadSchemaType.Float, qe.PayloadSchemaType.Float, "float_index_params"),
@@ -581,7 +581,8 @@ def field_index_of_info(field: str, info: pb.PayloadSchemaInfo) -> Any:
 def _index_params_in(kind: str, p: Any) -> Any:
     common = {"on_disk": _opt(p, "on_disk"), "enable_hnsw": _opt(p, "enable_hnsw"), "nested": _opt(p, "nested")}
     if kind == "keyword_index_params":
-        return qe.KeywordIndexParams(is_tenant=_opt(p, "is_tenant"), prefix=True if p.HasField("prefix") else None, **common)
+        return qe.KeywordIndexParams(is_tenant=_opt(p, "is_tenant"), prefix=True if p.HasField("prefix") else None,
+                                     **common)
     if kind == "integer_index_params":
         return qe.IntegerIndexParams(
             lookup=_opt(p, "lookup"), range=_opt(p, "range"), is_principal=_opt(p, "is_principal"), **common

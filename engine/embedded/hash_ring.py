@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Sequence, Union, cast
 
 import numpy as np
 
@@ -116,7 +116,7 @@ def point_id_hashes(ids: Sequence[PointId]) -> np.ndarray:
         words = np.zeros((len(nums), 2), dtype=np.uint64)  # discriminant 0, then the number
         words[:, 1] = np.fromiter((pid for _, pid in nums), dtype=np.uint64, count=len(nums))
         out[[i for i, _ in nums]] = siphash24_words(words)
-    uuids = [(i, pid) for i, pid in enumerate(ids) if type(pid) is not int]
+    uuids = [(i, cast(uuid.UUID, pid)) for i, pid in enumerate(ids) if type(pid) is not int]  # PointId: int | UUID
     if uuids:
         raw = np.frombuffer(b"".join(pid.bytes for _, pid in uuids), dtype="<u8").reshape(len(uuids), 2)
         words = np.empty((len(uuids), 4), dtype=np.uint64)

@@ -74,5 +74,5 @@ class IndexBuild:
     def running(self) -> bool:
         return self._clock() < self._ready_at
 
-    def status(self) -> int:
+    def status(self) -> pb.CollectionStatus.ValueType:
         return pb.CollectionStatus.Yellow if self.running else pb.CollectionStatus.Green

@@ -121,7 +121,8 @@ class PointsService(pb.PointsServicer):
         if field not in self._ignored_fields_logged:
             self._ignored_fields_logged.add(field)
             log.warning(
-                "emulating Qdrant %s: request field `%s` is ignored, as that version would", self.compat.version_text, field
+                "emulating Qdrant %s: request field `%s` is ignored, as that version would", self.compat.version_text,
+                field
             )
 
     def _update_filter(self, request: Any) -> Optional[qe.Filter]:
@@ -216,9 +217,10 @@ class PointsService(pb.PointsServicer):
         vectors_in = cv.vectors_in
         to_python = payload_to_python
         Point = qe.Point
-        out = []
+        out: list[qe.Point] = []
         ids = []
         append = out.append
+        vectors: dict[str, cv.EdgeVector] | cv.EdgeVector  # named, or the bare form of a single unnamed vector
         for point in points:
             if not point.HasField("id"):
                 raise invalid_argument("Empty ID is not allowed")
@@ -231,7 +233,8 @@ class PointsService(pb.PointsServicer):
             if single and len(vectors) == 1 and cv.DEFAULT_VECTOR in vectors:
                 vectors = vectors[cv.DEFAULT_VECTOR]  # the bare form skips a dict per point in qdrant-edge
             payload = point.payload
-            append(Point(ident, vectors, to_python(payload) if payload else None))
+            # qdrant-edge reads any float sequence (dense_floats' memoryviews); its stub asks for lists
+            append(Point(ident, vectors, to_python(payload) if payload else None))  # type: ignore[arg-type]
             ids.append(ident)
         return out, ids
 
@@ -250,7 +253,7 @@ class PointsService(pb.PointsServicer):
             ident = cv.point_id_in(point.id)
             vectors = cv.vectors_in(point.vectors)  # an empty NamedVectors is let through, as over Qdrant's gRPC
             check(vectors)
-            out.append(qe.PointVectors(ident, vectors))
+            out.append(qe.PointVectors(ident, vectors))  # type: ignore[arg-type]  # as in _points_in
             ids.append(ident)
         return out, ids
 
@@ -295,7 +298,8 @@ class PointsService(pb.PointsServicer):
         return self._done(request.wait, started)
 
     @rpc
-    def UpdateVectors(self, request: pb.UpdatePointVectors, context: grpc.ServicerContext) -> pb.PointsOperationResponse:
+    def UpdateVectors(self, request: pb.UpdatePointVectors,
+                      context: grpc.ServicerContext) -> pb.PointsOperationResponse:
         started = time.perf_counter()
         with self.catalog.reading(request.collection_name) as coll:
             writes, count = self._update_vectors_writes(coll, request)
@@ -331,7 +335,8 @@ class PointsService(pb.PointsServicer):
         )
 
     @rpc
-    def DeleteVectors(self, request: pb.DeletePointVectors, context: grpc.ServicerContext) -> pb.PointsOperationResponse:
+    def DeleteVectors(self, request: pb.DeletePointVectors,
+                      context: grpc.ServicerContext) -> pb.PointsOperationResponse:
         started = time.perf_counter()
         with self.catalog.reading(request.collection_name) as coll:
             self._execute(coll, self._delete_vectors_writes(coll, request))
@@ -365,7 +370,8 @@ class PointsService(pb.PointsServicer):
         return self._set_payload(request, overwrite=False)
 
     @rpc
-    def OverwritePayload(self, request: pb.SetPayloadPoints, context: grpc.ServicerContext) -> pb.PointsOperationResponse:
+    def OverwritePayload(self, request: pb.SetPayloadPoints,
+                         context: grpc.ServicerContext) -> pb.PointsOperationResponse:
         return self._set_payload(request, overwrite=True)
 
     def _delete_payload_writes(self, coll: Collection, message: Any) -> list[ShardWrite]:
@@ -381,7 +387,8 @@ class PointsService(pb.PointsServicer):
         )
 
     @rpc
-    def DeletePayload(self, request: pb.DeletePayloadPoints, context: grpc.ServicerContext) -> pb.PointsOperationResponse:
+    def DeletePayload(self, request: pb.DeletePayloadPoints,
+                      context: grpc.ServicerContext) -> pb.PointsOperationResponse:
         started = time.perf_counter()
         with self.catalog.reading(request.collection_name) as coll:
             self._execute(coll, self._delete_payload_writes(coll, request))
@@ -570,7 +577,7 @@ class PointsService(pb.PointsServicer):
                 for record in shard.edge.retrieve(_pick([pid], positions), False, [name]):
                     self._count_reads(target, 1, False)
                     vectors = record.vector
-                    if type(vectors) is not dict:  # the bare form of a single unnamed vector
+                    if not isinstance(vectors, dict):  # the bare form of a single unnamed vector
                         vectors = {} if vectors is None else {cv.DEFAULT_VECTOR: vectors}
                     vector = vectors.get(name)
                     if vector is not None:

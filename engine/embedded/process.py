@@ -163,7 +163,8 @@ class EmbeddedProcess:
         self._proc = proc
         assert proc.stdout is not None
         lines: queue.Queue[Optional[str]] = queue.Queue()
-        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True, name=f"embedded-{proc.pid}-stdout").start()
+        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True,
+                         name=f"embedded-{proc.pid}-stdout").start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             remaining = deadline - time.monotonic()
@@ -181,7 +182,8 @@ class EmbeddedProcess:
                 tail = self._log_tail(log_start)
                 if "cannot listen on" in tail:
                     raise _BindFailed()
-                raise PreconditionError(f"embedded endpoint exited with code {code} before ready: {tail or self.log_path}")
+                raise PreconditionError(
+                    f"embedded endpoint exited with code {code} before ready: {tail or self.log_path}")
             if line.startswith(READY_PREFIX):
                 address = line[len(READY_PREFIX):].strip()
                 bound = int(address.rsplit(":", 1)[1])

@@ -12,7 +12,7 @@ Read from lib/collection/src/operations/universal_query/collection_query.rs and 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import numpy as np
 import qdrant_edge as qe
@@ -22,7 +22,7 @@ from engine.embedded import convert as cv
 from engine.embedded.status import bad_input, unsupported
 
 # Reads the vector `name` of point `pid`, from the searched collection or the `lookup_from` one.
-Resolver = Callable[[Any, str, Optional[pb.LookupLocation]], cv.EdgeVector]
+Resolver = Callable[[Any, str, Optional[pb.LookupLocation]], "qe.NamedVector"]  # a vector as qdrant-edge returned it
 
 
 def _opt(message: Any, field: str) -> Any:
@@ -70,12 +70,12 @@ class QueryBuilder:
         parts = [f for f in (*filters, self._exclude) if f is not None]
         if not parts:
             return None
-        return parts[0] if len(parts) == 1 else qe.Filter(must=parts)
+        return parts[0] if len(parts) == 1 else qe.Filter(must=cast("list[qe.ConditionType]", parts))
 
-    def vector(self, vin: pb.VectorInput, using: str, lookup: Optional[pb.LookupLocation]) -> cv.EdgeVector:
+    def vector(self, vin: pb.VectorInput, using: str, lookup: Optional[pb.LookupLocation]) -> qe.NamedVector:
         kind = vin.WhichOneof("variant")
         if kind == "dense":
-            return cv.dense_floats(vin.dense)
+            return cv.dense_floats(vin.dense)  # type: ignore[return-value]  # qdrant-edge reads any float sequence
         if kind == "sparse":
             return cv.sparse_in(list(vin.sparse.indices), list(vin.sparse.values))
         if kind == "multi_dense":

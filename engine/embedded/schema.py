@@ -23,7 +23,8 @@ from engine.embedded.convert import (
 from engine.embedded.status import bad_input, unsupported, validation_error
 
 # Qdrant's defaults (config/config.yaml, lib/collection/src/config.rs), echoed by Get when a request leaves them out.
-DEFAULT_HNSW = pb.HnswConfigDiff(m=16, ef_construct=100, full_scan_threshold=10000, max_indexing_threads=0, on_disk=False)
+DEFAULT_HNSW = pb.HnswConfigDiff(m=16, ef_construct=100, full_scan_threshold=10000, max_indexing_threads=0,
+                                 on_disk=False)
 DEFAULT_OPTIMIZERS = pb.OptimizersConfigDiff(
     deleted_threshold=0.2,
     vacuum_min_vector_number=1000,

@@ -166,6 +166,10 @@ class EmbeddedServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+                # Qdrant's tonic server (src/tonic/mod.rs: Server::builder() with no ping policy) answers every
+                # keepalive ping; gRPC core's default would GOAWAY our clients' 30 s pings as "too_many_pings".
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_ping_strikes", 0),
             ],
         )
         points = PointsService(catalog, self.compat, self.reads)

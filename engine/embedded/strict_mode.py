@@ -16,7 +16,7 @@ multivector/sparse size limits, `max_payload_index_count`, `max_resident_memory_
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Literal, Optional
 
 from qdrant_client import grpc as pb
 
@@ -156,7 +156,8 @@ def check_filter(
     """verification/mod.rs check_request_filter: indexes required when unindexed filtering is off, then limits."""
     if flt is None:
         return
-    allow = "unindexed_filtering_update" if write else "unindexed_filtering_retrieve"
+    allow: Literal["unindexed_filtering_update", "unindexed_filtering_retrieve"] = (
+        "unindexed_filtering_update" if write else "unindexed_filtering_retrieve")
     if strict.HasField(allow) and not getattr(strict, allow):
         indexed = {key: _SCHEMA_NAMES.get(info.data_type, "") for key, info in payload_schema.items()}
         found = _unindexed_key(flt, indexed)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from qdrant_client import grpc as pb
 
 from engine.errors import CheckpointMismatch, ConfigError
-from engine.flow.state import JobState, ShardState
+from engine.flow.state import JobState
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
 
@@ -214,7 +214,8 @@ class QdrantCheckpointStore:
         saved = self._saved.setdefault(job_id, {})
         head = {k: v for k, v in data.items() if k != "shards"}
         head["shard_count"] = len(data["shards"])
-        new_shards, changed = [], []
+        new_shards: list[tuple[str, str, int]] = []  # (point id, state text, shard)
+        changed: list[tuple[str, str, int]] = []
         for s in data["shards"]:
             pid = self.shard_point_id(job_id, int(s["shard"]))
             text = json.dumps(s, sort_keys=True)
@@ -253,10 +254,12 @@ class UriCheckpointStore:
     def __init__(self, uri: str) -> None:
         from pyarrow import fs
 
+        self.root: str
         try:
             self.fs, self.root = fs.FileSystem.from_uri(uri) if "://" in uri else (fs.LocalFileSystem(), uri)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad URIs
-            raise ConfigError(f"checkpoint.uri={uri!r} cannot be opened ({exc}); use a path, file://, s3:// or gs://")
+            raise ConfigError(
+                f"checkpoint.uri={uri!r} cannot be opened ({exc}); use a path, file://, s3:// or gs://") from None
         self.uri = uri
         self.root = self.root.rstrip("/")
         self.fs.create_dir(self.root, recursive=True)

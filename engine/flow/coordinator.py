@@ -111,6 +111,9 @@ class Coordinator:
         self._lanes: dict[str, LaneInfo] = {}
         self._held: dict[str, set[int]] = {}
         self._reading: dict[str, set[int]] = {}
+        # Leases given to a lane that no report of it has shown yet: an assignment travels on its own (a Ray call),
+        # so a report taken before it landed does not list the lease, and that must not take the lease away.
+        self._unconfirmed: dict[str, set[int]] = {}
         self._frontier: dict[int, PointIdValue | None] = {}
         self._resumed: set[int] = set()
         self._no_split_until: dict[int, float] = {}
@@ -210,6 +213,7 @@ class Coordinator:
             return
         shards = sorted(self._held.pop(lane, set()))
         self._reading.pop(lane, None)
+        self._unconfirmed.pop(lane, None)
         self._waiting.pop(lane, None)
         self.stats.in_flight.pop(lane, None)
         info = self._lanes.pop(lane)
@@ -232,6 +236,7 @@ class Coordinator:
         self._owner[shard_id] = lane
         self._held[lane].add(shard_id)
         self._reading[lane].add(shard_id)
+        self._unconfirmed.setdefault(lane, set()).add(shard_id)
         self._frontier[shard_id] = shard.cursor
 
     def _assign(self) -> None:
@@ -295,8 +300,10 @@ class Coordinator:
         record.points_redone += report.stats.points_redone
         self._frontier.update(report.frontiers)
         self.stats.in_flight[lane] = (report.reads_in_flight, report.processing)
-        self._held[lane] = {s for s in self._held[lane] if s in report.held}
-        self._reading[lane] = {s for s in report.reading if s in self._held[lane]}
+        unconfirmed = self._unconfirmed.setdefault(lane, set())
+        unconfirmed -= {*report.held, *(ack.shard for ack in report.acks)}
+        self._held[lane] = {s for s in self._held[lane] if s in report.held or s in unconfirmed}
+        self._reading[lane] = {s for s in report.reading if s in self._held[lane]} | unconfirmed
         for shard in list(self._owner):
             if self._owner[shard] == lane and shard not in self._held[lane]:
                 del self._owner[shard]

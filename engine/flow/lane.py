@@ -162,7 +162,7 @@ class LaneLoop:
         # Fill the window round-robin over the held leases, one first read in flight per lease.
         shards = [s for s, c in self._leases.items() if not c.exhausted and not c.done]
         for _ in range(len(shards)):
-            if len(self._reads) + len(self._procs) + len(self._deferred) >= self.window:
+            if len(self._reads) + len(self._procs) + len(self._deferred) + self._waiting_commit() >= self.window:
                 return
             cursor = self._leases[shards[self._rr % len(shards)]]
             self._rr += 1
@@ -171,6 +171,11 @@ class LaneLoop:
                 continue
             seq, start, stop = first
             self._submit_read(_Page(cursor.shard, seq, start, stop, check_present=cursor.check_present))
+
+    def _waiting_commit(self) -> int:
+        """Pages written but not yet committed (a page before them is still in flight): they count against the
+        window, so a lane never runs further ahead of its committed cursor than the window."""
+        return sum(c.pending for c in self._leases.values())
 
     def _submit_read(self, page: _Page) -> None:
         if page.read is not None:

@@ -171,3 +171,42 @@ class LocalLanePool:
 
 
 __all__ = ["LocalLanePool", "LocalStages", "WorkerLost"]
+
+
+class SyntheticStages:
+    """Stages that cost nothing: a read of [start, stop) over an integer id space answers at once with `limit` ids
+    (no payloads, no texts), a write acknowledges them. The control-plane benchmark (bench/coordinator.py) runs the
+    real lane loop, pool and coordinator over it, so what it measures is their own cost per point."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end  # the id space is [0, end)
+        self._done: dict[int, Any] = {}
+        self._next = 0
+
+    def _handle(self, value: Any) -> int:
+        self._next += 1
+        self._done[self._next] = value
+        return self._next
+
+    def read(self, lease: Lease, seq: int, start: PointIdValue | None, stop: PointIdValue | None, limit: int,
+             to_stop: bool) -> int:
+        lo = int(start or 0)
+        hi = min(int(stop) if stop is not None else self.end, self.end)
+        end = hi if to_stop else min(hi, lo + limit)
+        meta = PageMeta(shard=lease.shard, seq=seq, start=start, next_offset=end if end < hi else None,
+                        n_points=end - lo, n_texts=0)
+        return self._handle(meta)
+
+    def process(self, read_handle: int, meta: PageMeta, check_present: bool) -> int:
+        from engine.flow.page import WriteAck
+
+        return self._handle(WriteAck(shard=meta.shard, seq=meta.seq, written=meta.n_points, skipped=0, requests=1))
+
+    def wait(self, handles: list[int], timeout: float) -> list[int]:
+        return list(handles)
+
+    def result(self, handle: int) -> Any:
+        return self._done.pop(handle)
+
+    def release(self, read_handle: Any) -> None:
+        self._done.pop(read_handle, None)

@@ -17,16 +17,17 @@ import logging
 from dataclasses import dataclass
 from typing import Sequence
 
+import grpc
 import numpy as np
 from qdrant_client import grpc as pb
 
 from engine import tunables
+from engine.embed.vectorset import MultiVectors, VectorSet
 from engine.errors import PointNotFound
 from engine.flow.page import PageBody, WriteAck
 from engine.qdrant import retry, wire
-from engine.qdrant.pacing import PacingSettings, WriteController
 from engine.qdrant.connection import MAX_MESSAGE_BYTES, Endpoint
-from engine.embed.vectorset import MultiVectors, VectorSet
+from engine.qdrant.pacing import PacingSettings, WriteController
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class QdrantSink:
         self.endpoint = endpoint
         self.spec = spec
         self.policy = policy or retry.RetryPolicy()
-        self._channel = None
+        self._channel: grpc.aio.Channel | None = None
         self._method = "/qdrant.Points/Upsert" if spec.mode == "insert_only" else "/qdrant.Points/UpdateVectors"
         pacing = spec.pacing or PacingSettings(initial_in_flight=spec.requests_in_flight,
                                                min_in_flight=min(spec.requests_in_flight, 1),

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 TALLY_KEYS = ("inserted", "updated", "deleted", "unchanged")
 
 
+SCAN_PAGE = 1024  # points per scroll while diffing: one reply of ~1 MB of payload, few round trips per page
+
+
 @dataclass(frozen=True)
 class CatchUpSpec:
     """What a catch-up reader compares, as plain data (it crosses into the lanes' reader actors)."""
@@ -41,16 +44,22 @@ class CatchUpSpec:
     source: str
     target: str
     text: TextSpec
+    # Points per scroll over each collection: SCAN_PAGE, or less where strict mode's max_query_limit says so.
+    source_page: int = SCAN_PAGE
+    target_page: int = SCAN_PAGE
 
     def open(self, client: QdrantGrpc) -> "CatchUpSource":
-        return CatchUpSource(client, self.source, self.target, self.text.open())
+        return CatchUpSource(client, self.source, self.target, self.text.open(),
+                             pages={self.source: self.source_page, self.target: self.target_page})
 
 
 class CatchUpSource:
     """A Source whose pages hold only the points that must be (re)written, deleting the ones the source lost."""
 
-    def __init__(self, client: QdrantGrpc, source: str, target: str, text: TextSource) -> None:
+    def __init__(self, client: QdrantGrpc, source: str, target: str, text: TextSource,
+                 pages: dict[str, int] | None = None) -> None:
         self.client, self.source, self.target, self.text = client, source, target, text
+        self.pages = pages or {}
 
     def _span(self, collection: str, start: wire.PointIdValue | None, stop: wire.PointIdValue | None,
               limit: int | None, shard_key: wire.ShardKeyValue | None
@@ -59,8 +68,9 @@ class CatchUpSource:
         stop_key = wire.id_key(stop) if stop is not None else None
         out: list[pb.RetrievedPoint] = []
         offset = start
+        page = self.pages.get(collection, SCAN_PAGE)
         while True:
-            want = min(1024, limit - len(out)) if limit is not None else 1024
+            want = min(page, limit - len(out)) if limit is not None else page
             points, nxt = self.client.scroll(collection, offset, want, with_payload=True, shard_key=shard_key)
             for p in points:
                 if stop_key is not None and wire.id_key(wire.id_value(p.id)) >= stop_key:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from qdrant_client import grpc as pb
 
+from engine.errors import PreconditionError
 from engine.flow.checkpoint import CheckpointStore
 from engine.flow.state import JobState
-from engine.errors import PreconditionError
 from engine.qdrant.client import QdrantGrpc
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def _finished_state(store: CheckpointStore, job_id: str, what: str) -> JobState:
 def verify_gate(state: JobState, what: str, force: bool) -> dict | None:
     """The latest verify of the job if it passed; else refuse, unless forced. Returns what the event records."""
     latest = state.verify
-    seen = None if latest is None else {"passed": bool(latest.passed), "at": latest.at, "failed": list(latest.failed)}
+    seen: dict[str, Any] | None = (
+        None if latest is None else {"passed": bool(latest.passed), "at": latest.at, "failed": list(latest.failed)})
     if seen is not None and seen["passed"]:
         return seen
     if force:

@@ -20,10 +20,13 @@ import numpy as np
 
 from engine.embed.base import truncate_and_normalize
 from engine.errors import PreconditionError
+from engine.flow.text import TextSource
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
-from engine.flow.text import TextSource
 from engine.qdrant.points import dense_row, stored_vectors
+from engine.qdrant.scan import sample_distinct
+from engine.qdrant.strict import StrictMode
+from engine.tunables import SAMPLE_CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,9 @@ def _sample(cfg, client: QdrantGrpc, n: int, text: TextSource | None) -> tuple[l
     """Up to n random points with a stored old vector (and, with a text source, usable text): ids, old vectors,
     texts."""
     src, name = cfg.source.collection, cfg.source.vector_name or ""
-    ids = client.sample_ids(src, n)
+    # In chunks inside the source's query limit: a strict-mode source refuses one request for the whole sample.
+    chunk = StrictMode.from_info(client.collection_info(src)).sample_limit(SAMPLE_CHUNK)
+    ids = sample_distinct(client, src, n, chunk)
     ids = sorted(set(ids), key=wire.id_key)[:n]
     points = []
     for i in range(0, len(ids), 256):

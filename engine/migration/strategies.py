@@ -1,7 +1,7 @@
 """Which road of the migration guide a job takes, decided from the server version and the source schema before
 anything is written, and the schema work each road needs (new vectors, new collections, deferred indexing).
 
-The guide's rules (FACTS.md, SEED-GUIDE.md):
+The rules of Qdrant's model-migration guide:
 - adding (or dropping) a named vector on an existing collection needs Qdrant >= 1.18 and a collection created with
   named vectors; otherwise the job writes a new collection and the application switches with an alias;
 - side-by-side on an older server (or an unnamed source) is a new collection defined with both vectors, the old
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from qdrant_client import grpc as pb
 
@@ -376,6 +376,8 @@ def _new_vector_params(params: pb.VectorParams, d: Decision) -> pb.VectorParams:
 # --- the new collection's layout ----------------------------------------------------------------------------------
 # What CreateCollection copies from the source (lib/api/src/grpc/proto/collections.proto: CollectionInfo.config
 # against CreateCollection). Fields a server does not know are ignored by it, and it reports only fields it knows.
+_CopiedConfig = Literal["hnsw_config", "optimizer_config", "wal_config", "quantization_config", "strict_mode_config"]
+
 
 def carry_layout(req: pb.CreateCollection, source: pb.CollectionInfo | None, layout: Any = None) -> None:
     """Give a new collection the source's layout, then apply `target.layout` overrides (`layout`: the config's
@@ -399,9 +401,10 @@ def carry_layout(req: pb.CreateCollection, source: pb.CollectionInfo | None, lay
         for name in ("payload", "id_tracker"):  # payload: Qdrant 1.19; id_tracker: qdrant-client's newer protos
             if _has_field(params, name) and name in req.DESCRIPTOR.fields_by_name:
                 getattr(req, name).CopyFrom(getattr(params, name))
-        for src_name, dst_name in (("hnsw_config", "hnsw_config"), ("optimizer_config", "optimizers_config"),
-                                   ("wal_config", "wal_config"), ("quantization_config", "quantization_config"),
-                                   ("strict_mode_config", "strict_mode_config")):
+        copied: tuple[tuple[_CopiedConfig, str], ...] = (
+            ("hnsw_config", "hnsw_config"), ("optimizer_config", "optimizers_config"), ("wal_config", "wal_config"),
+            ("quantization_config", "quantization_config"), ("strict_mode_config", "strict_mode_config"))
+        for src_name, dst_name in copied:
             if config.HasField(src_name):
                 getattr(req, dst_name).CopyFrom(getattr(config, src_name))
     if layout is not None:
@@ -568,11 +571,13 @@ def small_collection_advice(source_bytes: float) -> str | None:
 
 
 def shard_keys_request(collection: str, keys: Sequence[str | int], *, shards_per_key: int | None = None,
-                       replication_factor: int | None = None) -> list[pb.CreateShardKeyRequest]:
+                       replication_factor: int | None = None,
+                       shards_by_key: Mapping[str | int, int] | None = None) -> list[pb.CreateShardKeyRequest]:
     """The CreateShardKey requests that give a custom-sharded new collection the source's shard keys (strings or
     non-negative integers, e.g. from `shard_keys_of` on the source's ListShardKeys reply). Without overrides each
     key gets the collection's shard_number and replication_factor (src/common/collections.rs, create_sharding_key);
-    the placement on peers is left to the server."""
+    `shards_by_key` (the source's own counts, QdrantGrpc.shards_per_key) keeps a key created with its own
+    shards_number as wide as it was; the placement on peers is left to the server."""
     out = []
     for key in keys:
         if isinstance(key, bool) or not isinstance(key, (str, int)):
@@ -582,8 +587,9 @@ def shard_keys_request(collection: str, keys: Sequence[str | int], *, shards_per
             raise PreconditionError(f"shard key {key} is negative; Qdrant's integer shard keys are unsigned")
         create = pb.CreateShardKey(shard_key=pb.ShardKey(keyword=key) if isinstance(key, str)
                                    else pb.ShardKey(number=key))
-        if shards_per_key is not None:
-            create.shards_number = shards_per_key
+        width = (shards_by_key or {}).get(key, shards_per_key)
+        if width is not None:
+            create.shards_number = width
         if replication_factor is not None:
             create.replication_factor = replication_factor
         out.append(pb.CreateShardKeyRequest(collection_name=collection, request=create))
@@ -845,7 +851,8 @@ def add_vectors_in_place(client: QdrantGrpc, cfg, d: Decision, schema: SourceSch
                 _place_new_vector(client, cfg.target.on_disk, d, name, schema.dense[name])
             continue
         if kind == "dense":
-            creation = pb.DenseVectorCreationConfig(size=int(dim or 0), distance=getattr(pb.Distance, cfg.target.distance))
+            creation = pb.DenseVectorCreationConfig(size=int(dim or 0),
+                                                    distance=getattr(pb.Distance, cfg.target.distance))
             if d.multi_name == name:
                 creation.multivector_config.comparator = pb.MultiVectorComparator.MaxSim
             client.create_vector_name(d.collection, name, dense=creation)
@@ -880,7 +887,8 @@ def defer_index(client: QdrantGrpc, cfg, d: Decision, created: list[str]) -> Ind
 
     A new collection: its optimizer indexing_threshold is raised (the guide's bulk-load advice), the server's value
     kept for the restore. An in-place vector: only that new dense vector's HNSW `m` is set to 0 — never a vector
-    that existed before (Qdrant warns that m=0 on an existing collection may drop its graph) and never the collection-wide threshold, which would
+    that existed before (Qdrant warns that m=0 on an existing collection may drop its graph) and never the
+    collection-wide threshold, which would
     leave the application's own new writes to the old vector unindexed. Sparse vectors are indexed on write anyway.
     """
     if not cfg.target.defer_index:

@@ -64,6 +64,17 @@ def check_target(client: QdrantGrpc, decision: Decision, source: str, job_id: st
     return info
 
 
+def _field_type(field_name: str, schema_type: pb.PayloadSchemaType.ValueType) -> pb.FieldType.ValueType:
+    """The FieldType that creates an index Qdrant reports as `schema_type` (the two enums are numbered apart)."""
+    try:
+        return pb.FieldType.Value("FieldType" + pb.PayloadSchemaType.Name(schema_type))
+    except ValueError:
+        raise PreconditionError(
+            f"the source's payload index {field_name!r} has type {schema_type}, which reembed cannot recreate; "
+            "drop that index from the source or create it on the target yourself"
+        ) from None
+
+
 def create_target(client: QdrantGrpc, request: pb.CreateCollection, source: pb.CollectionInfo, job_id: str,
                   model: dict[str, Any], server: ServerInfo) -> None:
     """Create the new collection, tagged with the job and the model, and index the payload fields the source
@@ -75,7 +86,7 @@ def create_target(client: QdrantGrpc, request: pb.CreateCollection, source: pb.C
             request.metadata[key].CopyFrom(value)
     client.create_collection(request)
     for field_name, schema_ in source.payload_schema.items():
-        client.create_field_index(name, field_name, schema_.data_type,
+        client.create_field_index(name, field_name, _field_type(field_name, schema_.data_type),
                                   schema_.params if schema_.HasField("params") else None)
     log.info("created target %s (vectors %s, sparse %s, %d payload indexes)", name,
              sorted(request.vectors_config.params_map.map) or ["(unnamed)"],

@@ -16,14 +16,22 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from qdrant_client import grpc as pb
 
-from engine.errors import NotFound, PreconditionError, QdrantRequestError
+from engine.errors import NotFound, QdrantRequestError
 from engine.qdrant import retry, wire
 from engine.qdrant.connection import Endpoint
+from engine.qdrant.strict import StrictMode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # What a server without Query's random sampling answers (Query is 1.10+, sample=random 1.11+).
 _SAMPLING_MISSING = re.compile(r"\((UNIMPLEMENTED|INVALID_ARGUMENT)[:)]")
+# Strict mode refusing a request is INVALID_ARGUMENT too, so it must be told apart from a server without sampling:
+# the fallback scroll would be refused by the same limits. Qdrant words every strict-mode refusal "<what>. Help:
+# <how>" (CollectionError::strict_mode); a `limit` over max_query_limit is check_limit_opt's
+# `Limit exceeded 8192 > 1024 for "limit"` (lib/collection/src/operations/verification/mod.rs).
+_STRICT_MODE_REFUSAL = re.compile(r"\. Help: ")
+_QUERY_LIMIT_EXCEEDED = re.compile(r'Limit exceeded (\d+) > (\d+) for "limit"')
+SCAN_PAGE = 10_000  # ids per scroll page of the fallback sample: id-only pages are small
 RESERVOIR_SEED = 7  # the fallback sample is reproducible, so a re-planned job cuts the same boundaries
 
 
@@ -47,8 +55,11 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 class QdrantGrpc:
     def __init__(self, endpoint: Endpoint, policy: retry.RetryPolicy | None = None,
-                 stats: retry.RetryStats | None = None) -> None:
+                 stats: retry.RetryStats | None = None, announce_waits: bool = False) -> None:
+        """`announce_waits`: log what an outage holds up (the driver's client, whose calls no progress line
+        reports; workers' waits reach the coordinator's progress line instead)."""
         self.endpoint = endpoint
+        self._announce = log.warning if announce_waits else None
         self.policy = policy or retry.RetryPolicy()
         self.stats = stats or retry.RetryStats()
         self._channel = endpoint.channel()
@@ -78,7 +89,7 @@ class QdrantGrpc:
         t = timeout or self.endpoint.timeout_s
         return retry.call(
             lambda: method(request, metadata=md, timeout=t),
-            what=what, address=self.endpoint.address, policy=self.policy, stats=self.stats,
+            what=what, address=self.endpoint.address, policy=self.policy, stats=self.stats, announce=self._announce,
         )
 
     # --- server ---------------------------------------------------------------------------------------------------
@@ -126,7 +137,7 @@ class QdrantGrpc:
         """The collection behind a name that may be an alias."""
         return self.list_aliases().get(name, name)
 
-    def create_field_index(self, collection: str, field: str, field_type: int,
+    def create_field_index(self, collection: str, field: str, field_type: pb.FieldType.ValueType,
                            params: pb.PayloadIndexParams | None = None) -> None:
         req = pb.CreateFieldIndexCollection(collection_name=collection, field_name=field, wait=True,
                                             field_type=field_type)
@@ -139,6 +150,20 @@ class QdrantGrpc:
         reply = self._call(f"list shard keys of {collection!r}", self.collections.ListShardKeys,
                            pb.ListShardKeysRequest(collection_name=collection))
         return [d.key.keyword if d.key.WhichOneof("key") == "keyword" else int(d.key.number) for d in reply.shard_keys]
+
+    def shards_per_key(self, collection: str) -> dict[wire.ShardKeyValue, int]:
+        """How many shards each shard key of a custom-sharded collection has (CollectionClusterInfo: the distinct
+        shard ids per key over this peer's local and remote shards; replicas share an id). Keys can differ from the
+        collection's shard_number: CreateShardKey takes its own shards_number."""
+        reply = self._call(f"read the cluster layout of {collection!r}", self.collections.CollectionClusterInfo,
+                           pb.CollectionClusterInfoRequest(collection_name=collection))
+        ids: dict[wire.ShardKeyValue, set[int]] = {}
+        for shard in [*reply.local_shards, *reply.remote_shards]:
+            if shard.HasField("shard_key"):
+                key = shard.shard_key
+                value = key.keyword if key.WhichOneof("key") == "keyword" else int(key.number)
+                ids.setdefault(value, set()).add(shard.shard_id)
+        return {key: len(shard_ids) for key, shard_ids in ids.items()}
 
     def create_shard_key(self, request: pb.CreateShardKeyRequest) -> None:
         key = request.request.shard_key
@@ -192,26 +217,39 @@ class QdrantGrpc:
 
     def sample_ids(self, collection: str, n: int,
                    shard_key: wire.ShardKeyValue | None = None) -> list[wire.PointIdValue]:
-        """About n random point ids (Query sample=random, Qdrant >= 1.11); falls back to reading every id."""
+        """About n random point ids (Query sample=random, Qdrant >= 1.11); falls back to reading every id.
+
+        The Query's `limit` is n: under strict mode the caller keeps n within max_query_limit
+        (StrictMode.sample_limit); a refusal of it raises, naming the limit, rather than falling back to a scan."""
         req = pb.QueryPoints(collection_name=collection, limit=n, query=pb.Query(sample=pb.Sample.Random))
         req.with_payload.enable = False
         if shard_key is not None:
             req.shard_key_selector.CopyFrom(wire.shard_key_selector(shard_key))
+        what = f"sample ids of {collection!r}"
         try:
-            reply = self._call(f"sample ids of {collection!r}", self.points.Query, req)
+            reply = self._call(what, self.points.Query, req)
             return [wire.id_value(p.id) for p in reply.result]
         except QdrantRequestError as exc:
-            if not _SAMPLING_MISSING.search(str(exc)):
+            over = _QUERY_LIMIT_EXCEEDED.search(str(exc))
+            if over is not None:
+                asked, limit = int(over.group(1)), int(over.group(2))
+                raise QdrantRequestError(
+                    f"{what}: strict mode on {collection!r} caps a query at max_query_limit {limit:,} and the "
+                    f"sample asked for {asked:,} ids; ask for at most {limit:,} (StrictMode.sample_limit), or raise "
+                    f"the collection's strict_mode_config.max_query_limit to {asked:,}"
+                ) from exc
+            if _STRICT_MODE_REFUSAL.search(str(exc)) or not _SAMPLING_MISSING.search(str(exc)):
                 raise
             log.info("random sampling unavailable (%s); sampling ids of %s while scrolling them", exc, collection)
         # A server without random sampling: one id-only pass, keeping a uniform reservoir of n ids, so memory stays
-        # at n ids whatever the collection's size.
+        # at n ids whatever the collection's size. Its pages stay inside the collection's query limit.
+        page_size = StrictMode.from_info(self.collection_info(collection)).page_limit(SCAN_PAGE)
         rng = random.Random(RESERVOIR_SEED)
         kept: list[wire.PointIdValue] = []
         seen = 0
         offset = None
         while True:
-            page, offset = self.scroll(collection, offset, 10_000, with_payload=False, shard_key=shard_key)
+            page, offset = self.scroll(collection, offset, page_size, with_payload=False, shard_key=shard_key)
             for p in page:
                 seen += 1
                 if len(kept) < n:
@@ -242,7 +280,8 @@ class QdrantGrpc:
                with_payload: bool = True) -> list[pb.ScoredPoint]:
         """Nearest neighbours of a dense vector (Query API)."""
         req = pb.QueryPoints(collection_name=collection, limit=limit,
-                             query=pb.Query(nearest=pb.VectorInput(dense=pb.DenseVector(data=list(map(float, vector))))))
+                             query=pb.Query(nearest=pb.VectorInput(
+                                 dense=pb.DenseVector(data=list(map(float, vector))))))
         if using:
             req.using = using
         req.with_payload.enable = with_payload

@@ -68,6 +68,9 @@ class PacingSettings:
     rate_doubling_s: float = tunables.PACING_RATE_DOUBLING_S
     rate_calm_s: float = tunables.PACING_RATE_CALM_S
     slowest_request_interval_s: float = tunables.PACING_SLOWEST_REQUEST_INTERVAL_S
+    # False: a fixed window of initial_in_flight requests that refusals, latency and the search probe never move (a
+    # refused request still waits out its own retry-after in the retry layer); the baseline bench/pacing.py beats
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_in_flight <= self.initial_in_flight <= self.max_in_flight:
@@ -79,12 +82,22 @@ class PacingSettings:
     @classmethod
     def from_pipeline(cls, pipeline: Any, *, writers: int = 1) -> PacingSettings:
         """From the job's `pipeline:` section, for one of `writers` writers sharing the cap: the configured requests
-        in flight are the starting window, and the window may grow past them up to PACING_MAX_IN_FLIGHT."""
+        in flight are the starting window, and the window may grow past them up to PACING_MAX_IN_FLIGHT (with
+        `adaptive_pacing: false` they are the window for good: `fixed`)."""
         start = int(pipeline.upload_requests_in_flight)
+        rate = split_rate(pipeline.max_points_per_s, writers)
+        if not pipeline.adaptive_pacing:
+            return cls.fixed(start, max_points_per_s=rate)
         return cls(initial_in_flight=start, max_in_flight=max(start, tunables.PACING_MAX_IN_FLIGHT),
                    target_latency_ms=pipeline.write_latency_target_ms,
-                   protect_search_p99_ms=pipeline.protect_search_p99_ms,
-                   max_points_per_s=split_rate(pipeline.max_points_per_s, writers))
+                   protect_search_p99_ms=pipeline.protect_search_p99_ms, max_points_per_s=rate)
+
+    @classmethod
+    def fixed(cls, in_flight: int, *, max_points_per_s: float | None = None) -> PacingSettings:
+        """`in_flight` requests at all times, whatever the server answers (the points/s cap still holds)."""
+        return cls(initial_in_flight=in_flight, min_in_flight=min(in_flight, tunables.PACING_MIN_IN_FLIGHT),
+                   max_in_flight=in_flight, target_latency_ms=None, max_points_per_s=max_points_per_s,
+                   adaptive=False)
 
 
 def split_rate(total_points_per_s: float | None, writers: int) -> float | None:
@@ -265,6 +278,8 @@ class WriteController:
         self._wake()
 
     def _judge_latency(self, slot: Slot, latency_s: float) -> None:
+        if not self.settings.adaptive:
+            return
         target = self.settings.target_latency_ms
         latency_ms = latency_s * 1000.0
         if target is not None and latency_ms > target:
@@ -300,6 +315,8 @@ class WriteController:
         """The server refused a write with RESOURCE_EXHAUSTED (`retry_after`: its hint in seconds, if any)."""
         now = self._clock()
         self._throttled += 1
+        if not self.settings.adaptive:
+            return  # counted for pace(); the refused request alone waits (in the retry layer)
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, now + retry_after)
         why = "RESOURCE_EXHAUSTED" + (f" (retry after {retry_after:g} s)" if retry_after else "")
@@ -346,7 +363,7 @@ class WriteController:
     def _cut(self, epoch: int, why: str, points: int, rate_limited: bool) -> None:
         """Multiplicative decrease of the window, and of the learned rate when a rate limit refused the write (or
         the window is already at its floor)."""
-        if epoch != self._epoch:
+        if epoch != self._epoch or not self.settings.adaptive:
             return  # sent before the last cut: it cannot tell whether that cut was enough
         self._epoch += 1
         self._last_cut = self._clock()

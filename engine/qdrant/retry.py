@@ -236,7 +236,7 @@ def translate(err: grpc.RpcError, what: str, address: str) -> Exception:
             f"{what}: one request costs more than the collection's strict-mode rate limit can ever grant ({detail}); "
             "send fewer points per request (pipeline.upload_batch, or fewer ids per read)"
         )
-    if code in RETRYABLE:
+    if code is not None and code in RETRYABLE:
         return QdrantUnavailable(
             f"{what} on {address} kept failing ({code.name}: {detail}); "
             "check the server is up and reachable, or raise retry.max_attempts / retry.deadline_s"
@@ -271,8 +271,11 @@ class _Attempts:
 
     def __init__(self, what: str, address: str, policy: RetryPolicy, stats: RetryStats | None,
                  rng: random.Random | None, clock: Callable[[], float],
-                 on_retry: Callable[[RetryEvent], None] | None = None) -> None:
+                 on_retry: Callable[[RetryEvent], None] | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
         self.what, self.address, self.policy, self.stats = what, address, policy, stats
+        self.announce = announce
+        self.announced_at: float | None = None
         self.rng = rng or random.Random()
         self.clock = clock
         self.on_retry = on_retry
@@ -321,6 +324,7 @@ class _Attempts:
             if left <= 0:
                 raise self._budget_spent(code, cause, err, elapsed) from None
             delay = min(delay, left)  # the last try lands when the budget ends, not after
+            self._announce(cause, elapsed, left)
         else:
             self.counted += 1
             if self.counted >= self.policy.max_attempts or elapsed + delay > self.policy.deadline_s:
@@ -332,6 +336,16 @@ class _Attempts:
                                      retry_after_s=hinted))
         log.debug("%s: %s, retry %d in %.2fs", self.what, code, self.attempt, delay)
         return delay
+
+    def _announce(self, cause: str, elapsed: float, left: float) -> None:
+        if self.announce is None or elapsed < tunables.OUTAGE_ANNOUNCE_AFTER_S:
+            return
+        now = self.clock()
+        if self.announced_at is not None and now - self.announced_at < tunables.OUTAGE_ANNOUNCE_EVERY_S:
+            return
+        self.announced_at = now
+        self.announce(f"waiting for Qdrant ({cause.upper()}) {elapsed:.0f} s: {self.what} on {self.address}; "
+                      f"retrying for up to {left:.0f} s more (retry.outage_budget_s)")
 
     def _budget_spent(self, code: grpc.StatusCode, cause: str, err: grpc.RpcError, waited: float) -> Exception:
         detail = _first_line(err)
@@ -355,11 +369,14 @@ class _Attempts:
 
 def call(fn: Callable[[], T], *, what: str, address: str, policy: RetryPolicy, stats: RetryStats | None = None,
          rng: random.Random | None = None, sleep: Callable[[float], object] | None = None,
-         clock: Callable[[], float] | None = None, on_retry: Callable[[RetryEvent], None] | None = None) -> T:
+         clock: Callable[[], float] | None = None, on_retry: Callable[[RetryEvent], None] | None = None,
+         announce: Callable[[str], None] | None = None) -> T:
     """Run a blocking RPC with retries. `fn` must be safe to repeat. `sleep` and `clock` default to time.sleep and
-    time.monotonic (looked up per call, so a test's patch applies); `on_retry` hears every retryable failure."""
+    time.monotonic (looked up per call, so a test's patch applies); `on_retry` hears every retryable failure;
+    `announce` (the driver's calls: no progress line speaks for them) hears a line once an outage wait passes
+    OUTAGE_ANNOUNCE_AFTER_S, then every OUTAGE_ANNOUNCE_EVERY_S."""
     sleep = sleep or time.sleep
-    attempts = _Attempts(what, address, policy, stats, rng, clock or time.monotonic, on_retry)
+    attempts = _Attempts(what, address, policy, stats, rng, clock or time.monotonic, on_retry, announce)
     try:
         while True:
             with attempts:

@@ -6,12 +6,14 @@ whatever the collection size: one page of each side at a time.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+import random
+from typing import Any, Iterator, Optional
 
 from qdrant_client import grpc as pb
 
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
+from engine.tunables import QUERY_SEED
 
 PAGE = 1024  # points per scroll page when walking whole collections
 ID_PAGE = 10_000  # ids per page when reading ids only: no payload or vectors, so pages can be large
@@ -71,3 +73,21 @@ def merge_by_id(src: Iterator[pb.RetrievedPoint], tgt: Iterator[pb.RetrievedPoin
             yield s, t
             s = next(src, None)
             t = next(tgt, None)
+
+
+def sample_distinct(client: Any, collection: str, n: int, chunk: int) -> list[Any]:
+    """n distinct random ids, asked for `chunk` at a time (the caller bounds `chunk` by the reply size and strict
+    mode's query limit): repeated random samples overlap, so it asks until n are found or three asks in a row bring
+    nothing new (the collection holds fewer)."""
+    rng = random.Random(QUERY_SEED)
+    ids: dict = {}
+    stale = 0
+    while len(ids) < n and stale < 3:
+        want = min(chunk, n - len(ids))
+        got = client.sample_ids(collection, want)
+        if len(got) > want:  # an old server without random sampling returned every id, in id order
+            got = rng.sample(got, want)
+        before = len(ids)
+        ids.update(dict.fromkeys(got))
+        stale = stale + 1 if len(ids) == before else 0
+    return list(ids)[:n]

@@ -36,17 +36,18 @@ may therefore still bite after a restart. The retry layer waits out RESOURCE_EXH
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from qdrant_client import grpc as pb
 
 # The proto's optional scalar fields, copied one to one (their Rust meaning is in lib/segment/src/types.rs).
-_INT_FIELDS = (
+_INT_FIELDS: Final = (  # Final: iterated as literal names, which HasField requires
     "max_query_limit", "max_timeout", "search_max_hnsw_ef", "upsert_max_batchsize", "search_max_batchsize",
     "max_collection_vector_size_bytes", "read_rate_limit", "write_rate_limit", "max_collection_payload_size_bytes",
     "filter_max_conditions", "condition_max_size", "max_points_count", "max_payload_index_count",
     "max_resident_memory_percent",
 )
-_BOOL_FIELDS = ("unindexed_filtering_retrieve", "unindexed_filtering_update", "search_allow_exact")
+_BOOL_FIELDS: Final = ("unindexed_filtering_retrieve", "unindexed_filtering_update", "search_allow_exact")
 
 
 def _bound(wanted: int, *limits: int | None) -> int:
@@ -94,9 +95,9 @@ class StrictMode:
         for name in _INT_FIELDS:
             if cfg.HasField(name):
                 values[name] = int(getattr(cfg, name))
-        for name in _BOOL_FIELDS:
-            if cfg.HasField(name):
-                values[name] = bool(getattr(cfg, name))
+        for flag in _BOOL_FIELDS:
+            if cfg.HasField(flag):
+                values[flag] = bool(getattr(cfg, flag))
         if cfg.HasField("search_max_oversampling"):
             values["search_max_oversampling"] = float(cfg.search_max_oversampling)
         if cfg.HasField("sparse_config"):

@@ -19,13 +19,12 @@ import numpy as np
 from qdrant_client import grpc as pb
 
 from engine.embed.vectorset import MultiVectors
+from engine.flow.text import TextSource
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
-from engine.flow.text import TextSource
 from engine.qdrant.points import stored_vector, stored_vectors
 from engine.qdrant.scan import iterate, merge_by_id
 from engine.qdrant.values import payload_to_python
-
 
 
 @dataclass
@@ -139,6 +138,7 @@ def check(client: QdrantGrpc, source: str, target: str, vector_name: str, text: 
 
     for s, t in merge_by_id(src_it, tgt_it):
         if t is None:
+            assert s is not None  # merge_by_id never yields (None, None)
             rep.source_points += 1
             rep.missing.append(wire.id_value(s.id))
             continue

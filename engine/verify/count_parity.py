@@ -21,11 +21,10 @@ from typing import Any
 
 from engine.flow.text import TextSource
 from engine.qdrant import wire
-from engine.qdrant.scan import range_ids
+from engine.qdrant.scan import ID_PAGE, range_ids
+from engine.tunables import POINT_BATCH, SHOW_IDS, SHOW_IN_DETAIL
 from engine.verify.check import FAIL, PASS, Check, show
 from engine.verify.context import ClientFactory, VerifyContext
-from engine.qdrant.scan import ID_PAGE
-from engine.tunables import POINT_BATCH, SHOW_IDS, SHOW_IN_DETAIL
 from engine.verify.findings import Findings, ShardCount
 from engine.verify.reads import Reads
 
@@ -88,13 +87,13 @@ def count_shard(client: Any, job: CountJob, sc: ShardCount) -> ShardCount:
     while s is not None or t is not None:
         sk = wire.id_key(s) if s is not None else None
         tk = wire.id_key(t) if t is not None else None
-        if t is None or (s is not None and sk < tk):
+        if tk is None or (sk is not None and sk < tk):  # sk / tk are None exactly when s / t are
             sc.source += 1
             pending.append(s)
             if len(pending) >= POINT_BATCH:
                 settle()
             s = next(src_it, None)
-        elif s is None or tk < sk:
+        elif sk is None or tk < sk:
             sc.target += 1
             sc.extra += 1
             if len(sc.extra_ids) < SHOW_IDS:

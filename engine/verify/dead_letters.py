@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from engine.verify.check import INFO, Check
 from engine.tunables import SHOW_IDS
+from engine.verify.check import INFO, Check
 
 if TYPE_CHECKING:
     from engine.verify.context import VerifyContext

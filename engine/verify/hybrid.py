@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelError
+from engine.tunables import FUSION_PREFETCH, NDCG_AT
 from engine.verify.check import INFO, Check
 from engine.verify.context import VerifyContext
-from engine.tunables import FUSION_PREFETCH, NDCG_AT
 from engine.verify.findings import Findings
 from engine.verify.ranking import mean_metrics
 from engine.verify.reads import Reads

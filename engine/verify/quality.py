@@ -12,13 +12,13 @@ model's query encoding.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from engine.tunables import NDCG_AT
 from engine.verify.check import FAIL, INFO, PASS, Check
 from engine.verify.context import VerifyContext
-from engine.tunables import NDCG_AT
 from engine.verify.findings import Findings
 from engine.verify.ranking import mean_metrics, span_query
 from engine.verify.reads import Ranked, Reads
@@ -40,8 +40,11 @@ class LabelFree:
         found.quality["label_free"] = out
         with_old = [q for q in points if q.old is not None]
         if with_old:
-            overlaps, top1, old_scores, new_scores = [], [], [], []
+            overlaps, top1 = [], []
+            old_scores: list[float] = []
+            new_scores: list[float] = []
             for q in with_old:
+                assert q.old is not None  # with_old holds only points with an old vector
                 old = [(i, s) for i, s in ranked(reads, ctx.source, q.old, ctx.vectors.source, k + 1) if i != q.pid][:k]
                 new = [(i, s) for i, s in ranked(reads, ctx.target, q.new, ctx.vectors.new, k + 1) if i != q.pid][:k]
                 if not old or not new:
@@ -108,7 +111,7 @@ class Labelled:
         relevant = [q.relevant for q in ctx.eval_queries]
         out: dict[str, Any] = {"queries": len(texts), "k": k, "ndcg_at": NDCG_AT}
 
-        def score(values: list[Value], collection: str, using: str) -> dict[str, float]:
+        def score(values: Sequence[Value], collection: str, using: str) -> dict[str, float]:
             rankings = [[i for i, _ in ranked(reads, collection, v, using, top)] for v in values]
             return mean_metrics(rankings, relevant, k)
 

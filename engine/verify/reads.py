@@ -11,17 +11,15 @@ and sparse inputs, and for hybrid queries (prefetch + RRF fusion, lib/api/src/gr
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from qdrant_client import grpc as pb
 
 from engine.qdrant import retry, wire
-from engine.qdrant.scan import range_ids
+from engine.qdrant.scan import ID_PAGE, range_ids, sample_distinct
 from engine.qdrant.strict import StrictMode
-from engine.qdrant.scan import ID_PAGE
-from engine.tunables import POINT_BATCH, QUERY_SEED, RRF_K, SAMPLE_CHUNK
+from engine.tunables import POINT_BATCH, RRF_K, SAMPLE_CHUNK
 from engine.verify.vectors import Value, query_input
 
 Vectors = bool | Sequence[str]  # all vectors, none, or these names ("" is the unnamed vector)
@@ -80,19 +78,7 @@ class Reads:
 
     def sample_ids(self, collection: str, n: int) -> list[Any]:
         """n distinct random ids, asked for in chunks so no reply outgrows a gRPC message or the query limit."""
-        rng = random.Random(QUERY_SEED)
-        chunk = self.strict(collection).sample_limit(SAMPLE_CHUNK)
-        ids: dict = {}
-        stale = 0
-        while len(ids) < n and stale < 3:
-            want = min(chunk, n - len(ids))
-            got = self.client.sample_ids(collection, want)
-            if len(got) > want:  # an old server without random sampling returned every id, in id order
-                got = rng.sample(got, want)
-            before = len(ids)
-            ids.update(dict.fromkeys(got))
-            stale = stale + 1 if len(ids) == before else 0
-        return list(ids)[:n]
+        return sample_distinct(self.client, collection, n, self.strict(collection).sample_limit(SAMPLE_CHUNK))
 
     # --- searches ---------------------------------------------------------------------------------------------
     def nearest(self, collection: str, value: Value, using: str | None, limit: int, *, exact: bool = False

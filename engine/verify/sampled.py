@@ -28,9 +28,9 @@ from qdrant_client import grpc as pb
 
 from engine.qdrant import wire
 from engine.qdrant.values import payload_digest, payload_to_python
+from engine.tunables import POINT_BATCH, QUERY_SEED, SHOW_IN_DETAIL
 from engine.verify.check import FAIL, PASS, SKIPPED, Check, Offenders, show
 from engine.verify.context import VerifyContext
-from engine.tunables import POINT_BATCH, QUERY_SEED, SHOW_IN_DETAIL
 from engine.verify.findings import Findings, QueryPoint
 from engine.verify.reads import Reads, vectors_selector
 from engine.verify.vectors import (
@@ -74,6 +74,7 @@ class _Reservoir:
     """A uniform sample of the valid points seen, as queries for index health and quality."""
 
     def __init__(self, size: int) -> None:
+        self.points: list[QueryPoint]
         self.size, self.seen, self.points = size, 0, []
         self._rng = random.Random(QUERY_SEED)
 
@@ -191,9 +192,11 @@ class SampledPoints:
             if problem is not None:
                 t.vectors.add(pid, problem)
                 continue
+            assert isinstance(vec, np.ndarray)  # _problem passed it, and ctx.dim is set with an embedder
             to_embed.append((pid, text, vec, old))
         if not to_embed:
             return
+        assert ctx.embedder is not None  # to_embed is filled only when there is one
         wanted = value_rows(ctx.embedder.embed([text for _, text, _, _ in to_embed]))
         for (pid, text, vec, old), want in zip(to_embed, wanted):
             least, why = _recompute_difference(vec, want, ctx.options.min_cosine)

@@ -10,6 +10,8 @@ How Qdrant writes them out (lib/api/src/conversions/vectors.rs): a dense vector 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from qdrant_client import grpc as pb
 
@@ -162,7 +164,7 @@ def value_rows(out: object) -> list[np.ndarray]:
     return list(np.asarray(out, dtype=np.float32))
 
 
-def embed_queries(embedder: object, texts: list[str]) -> list[np.ndarray]:
+def embed_queries(embedder: Any, texts: list[str]) -> list[np.ndarray]:
     """Queries embedded the way the model embeds queries: a late-interaction model marks and pads a query
     differently from a document (`embed_queries`); a dense model embeds both alike."""
     method = getattr(embedder, "embed_queries", None) or embedder.embed

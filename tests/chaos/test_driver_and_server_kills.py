@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.flow.checkpoint import QdrantCheckpointStore
 from engine.embedded.process import EmbeddedProcess
+from engine.flow.checkpoint import QdrantCheckpointStore
 from tests.integration.pipeline_support import assert_exact, client_for, make_payloads, seed_collection
 
 pytestmark = pytest.mark.chaos
@@ -73,8 +73,8 @@ def _committed(port: int, job_id: str) -> int:
 
 
 def _job_id(config: Path) -> str:
-    from engine.config import load_config
     from engine.app.wiring import job_id_of
+    from engine.config import load_config
 
     return job_id_of(load_config(config, env={}))
 

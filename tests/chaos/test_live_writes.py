@@ -10,13 +10,13 @@ import threading
 import time
 
 import pytest
+from qdrant_client import grpc as pb
 
 from engine.app import job as jobs
 from engine.app.catchup_job import run_catch_up
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.qdrant import values, wire
-from qdrant_client import grpc as pb
 from tests.integration.pipeline_support import assert_exact, client_for, config, make_payloads, seed_collection
 
 pytestmark = pytest.mark.chaos

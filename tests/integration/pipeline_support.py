@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import grpc as pb
 
-from engine.verify.checker import check
 from engine.config import config_from_dict
 from engine.embed import build_embedder
+from engine.flow.text import PayloadText
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
-from engine.flow.text import PayloadText
+from engine.verify.checker import check
 
 WORDS = ("vector search engine model embedding shard replica payload index point cluster query filter collection "
          "alias migration throughput latency recall precision batch token sentence paragraph über naïve café 東京").split()

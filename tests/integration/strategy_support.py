@@ -6,9 +6,9 @@ import numpy as np
 from qdrant_client import grpc as pb
 
 from engine.config import config_from_dict
+from engine.flow.source import dense_row, stored_vectors
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
-from engine.flow.source import dense_row, stored_vectors
 
 
 def seed_named(client: QdrantGrpc, name: str, payloads: dict, vectors: dict[str, int], *, old_of=None) -> None:

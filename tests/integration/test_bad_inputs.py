@@ -12,7 +12,7 @@ from engine.config import config_from_dict
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import ReembedError
 from engine.qdrant import values, wire
-from tests.integration.pipeline_support import assert_exact, client_for, config, make_payloads, seed_collection
+from tests.integration.pipeline_support import client_for, config, make_payloads, seed_collection
 
 pytestmark = pytest.mark.integration
 

@@ -93,7 +93,8 @@ def test_each_problem_fails_on_its_node_and_check(tmp_path, capsys, server, case
     if case == "wrong-key":
         over = {"qdrant": {"api_key": "not-the-key"}}
     elif case == "unreachable-port":
-        over = {"qdrant": {"grpc_port": _free_port()}}
+        # a short retry deadline: the finding is the refused connection, not how long the retries wait for it
+        over = {"qdrant": {"grpc_port": _free_port()}, "retry": {"deadline_s": 2}}
     elif case == "missing-model":
         over = {"model": {"name": str(tmp_path / "models" / "gone")}}
     else:

@@ -8,11 +8,11 @@ import pytest
 from qdrant_client import grpc as pb
 
 from engine.embedded.server import EmbeddedServer
+from engine.flow.source import QdrantSource
+from engine.flow.text import PayloadText
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
-from engine.flow.text import PayloadText
-from engine.flow.source import QdrantSource
 
 pytestmark = pytest.mark.integration
 BIG = 15 * 2**20  # five of these in one reply: 75 MiB, over the 64 MiB limit of both ends

@@ -4,7 +4,6 @@ binding, and the source provably untouched by a new_collection migration."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.verify.checker import collection_checksum
-from engine.flow.checkpoint import QdrantCheckpointStore
 from engine.embedded.process import EmbeddedProcess
+from engine.flow.checkpoint import QdrantCheckpointStore
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
+from engine.verify.checker import collection_checksum
 from tests.integration.pipeline_support import make_payloads, seed_collection
 
 pytestmark = pytest.mark.integration

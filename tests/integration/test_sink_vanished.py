@@ -13,10 +13,10 @@ from qdrant_client import grpc as pb
 from engine.embedded.server import EmbeddedServer
 from engine.errors import NotFound
 from engine.flow.page import PageBody
+from engine.flow.sink import VANISHED, QdrantSink, SinkSpec
 from engine.qdrant import wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
-from engine.flow.sink import VANISHED, QdrantSink, SinkSpec
 
 pytestmark = pytest.mark.integration
 DIM = 8

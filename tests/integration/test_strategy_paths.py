@@ -12,11 +12,11 @@ from qdrant_client import grpc as pb
 
 from engine.app import job as jobs
 from engine.app import wiring
-from engine.migration.cutover import cleanup, drop_vector, swap
+from engine.app.verify_job import run_verify
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import PreconditionError, ReembedError
-from engine.app.verify_job import run_verify
+from engine.migration.cutover import cleanup, drop_vector, swap
 from tests.integration.pipeline_support import client_for, make_payloads, seed_collection
 from tests.integration.strategy_support import dense, read_all, seed_named, strategy_config
 

@@ -23,14 +23,14 @@ from qdrant_client import grpc as pb
 from engine.app import job as jobs
 from engine.app import wiring
 from engine.app.cli import main
-from engine.migration.cutover import cleanup, swap
+from engine.app.verify_job import run_verify
+from engine.app.wiring import run_dir
 from engine.embed import build_embedder
 from engine.embedded.process import EmbeddedProcess
 from engine.errors import ConfigError, PreconditionError
-from engine.qdrant import values, wire
 from engine.flow.text import DatasetText, PayloadText
-from engine.app.verify_job import run_verify
-from engine.app.wiring import run_dir
+from engine.migration.cutover import cleanup, swap
+from engine.qdrant import values, wire
 from engine.qdrant.connection import Endpoint
 from engine.qdrant.retry import RetryPolicy
 from engine.verify.context import GrpcClients, VectorNames, VerifyContext, VerifyOptions

@@ -3,9 +3,11 @@ the source holds it, whatever pages or lanes are lost on the way, the cursor onl
 pages, idle lanes steal the tail of long ranges, and lanes that join get work. No test waits on real time: redo
 pauses are zero and the coordinator's waits end on lane news."""
 
+import asyncio
 import json
 import random
 import threading
+import time
 import uuid
 
 import pytest
@@ -31,7 +33,7 @@ FAST = CoordinatorOptions(save_interval_s=0.0, poll_timeout_s=0.05, refresh_inte
 
 def make_points(n, seed=0):
     rng = random.Random(seed)
-    pts = {}
+    pts: dict = {}
     for i in range(n):
         pid = i * 3 if i % 2 else str(uuid.UUID(int=rng.getrandbits(128)))
         if i % 17 == 0:
@@ -54,7 +56,21 @@ class ExactSplitter:
 
 
 class SpyStore(UriCheckpointStore):
-    """Checks, at every save, that no cursor (or done flag) runs past a page the sink has not acknowledged."""
+    """Checks every saved checkpoint: no cursor (or done flag) runs past a point whose write the sink had not
+    acknowledged when the snapshot was taken.
+
+    Judged at the snapshot's moment, not the save's: the background saver writes a snapshot later, when the page a
+    wrong cursor jumped over may have been written meanwhile. So the spy wraps the sink and notes when each point's
+    first write was acknowledged (time.time(), the clock of the snapshot's `updated_at`); a point inside a saved
+    cursor must have been acknowledged before that snapshot was taken.
+
+    And it makes the gap that an ordered commit must wait for: the write of each lease's second page (seq 1) is held
+    until the next save has been checked (or HOLD_S at most, so a lease whose last pages wait cannot stall the run),
+    so the pages after it are acknowledged first, and a commit out of order is caught by the save that follows it.
+    One page per lease: a lane keeps reading past a page that waits, so holding more would let the pages written
+    beyond a dying lane's cursor outgrow its window, which test_a_dying_lane_... bounds."""
+
+    HOLD_S = 0.005
 
     def __init__(self, root, source_points, sink):
         super().__init__(root)
@@ -62,10 +78,31 @@ class SpyStore(UriCheckpointStore):
         self.sink = sink
         self.saves = 0
         self.violations = []
+        self.acked_at: dict = {}  # point -> when the sink first acknowledged a write of it
+        self.held = 0
+        self._holding: list = []  # (event loop, future) of the writes held now
+        self._lock = threading.Lock()
+        write = sink.write
+
+        async def gated_write(shard, seq, body, vectors, check_present=False):
+            if seq == 1:
+                loop = asyncio.get_running_loop()
+                release = loop.create_future()
+                with self._lock:
+                    self._holding.append((loop, release))
+                    self.held += 1
+                await asyncio.wait([release], timeout=self.HOLD_S)
+            ack = await write(shard, seq, body, vectors, check_present=check_present)
+            now = time.time()
+            for pos in body.text_index:
+                self.acked_at.setdefault(body.ids[pos], now)
+            return ack
+
+        sink.write = gated_write
 
     def save_text(self, job_id, text):
         state = json.loads(text)
-        written = set(self.sink.target)
+        taken = state["updated_at"]
         for s in state["shards"]:
             lo = wire.id_key(s["lo"]) if s["lo"] is not None else None
             end = s["hi"] if s["done"] else s["cursor"]
@@ -74,9 +111,19 @@ class SpyStore(UriCheckpointStore):
             hi = wire.id_key(end) if end is not None else None
             for pid in self.with_text:
                 k = wire.id_key(pid)
-                if (lo is None or k >= lo) and (hi is None or k < hi) and pid not in written:
+                if (lo is None or k >= lo) and (hi is None or k < hi) and \
+                        self.acked_at.get(pid, float("inf")) > taken:
                     self.violations.append((s["shard"], pid))
         self.saves += 1
+        if self.violations:
+            # Fails the run at once (the saver hands it to the coordinator), not after a run that may never end.
+            shard, pid = self.violations[0]
+            raise AssertionError(f"checkpoint {self.saves} has shard {shard} past point {pid!r}, whose write was "
+                                 "not acknowledged when the snapshot was taken")
+        with self._lock:
+            holding, self._holding = self._holding, []
+        for loop, release in holding:
+            loop.call_soon_threadsafe(lambda f=release: f.done() or f.set_result(None))
         super().save_text(job_id, text)
 
 
@@ -123,7 +170,8 @@ def test_every_point_written_once_per_success_and_cursor_ordered(tmp_path, fault
     assert state.written == len(with_text) and state.skipped == len(pts) - len(with_text)
     assert all(s.done for s in state.shards)
     assert stats.dead_count == len(pts) - len(with_text)
-    assert store.load("t").written == len(with_text)
+    saved = store.load("t")
+    assert saved is not None and saved.written == len(with_text)
     assert store.saves > 3 and store.violations == []
     if fault_rate:
         assert lost and stats.pages_redone == len(lost)
@@ -188,7 +236,7 @@ def test_a_dying_lane_returns_its_leases_and_the_job_finishes_exactly(tmp_path):
     pts = make_points(2000, seed=3)
     sink = MemorySink()
     store = SpyStore(str(tmp_path), pts, sink)
-    killed = []
+    killed: list[str] = []
 
     def on_pool(pool):
         original = pool.poll
@@ -229,7 +277,7 @@ def test_an_idle_lane_steals_the_tail_of_a_long_range(tmp_path):
 
 def test_a_lane_that_joins_mid_run_gets_work(tmp_path):
     pts = {i: {"text": f"t{i}"} for i in range(4000)}
-    joined = []
+    joined: list[str] = []
 
     def on_pool(pool):
         original = pool.poll
@@ -248,7 +296,6 @@ def test_a_lane_that_joins_mid_run_gets_work(tmp_path):
 
 
 def test_no_lane_at_all_ends_the_job_with_one_line(tmp_path):
-    pts = {i: {"text": "a"} for i in range(10)}
     clock = [0.0]
 
     def tick():
@@ -261,6 +308,12 @@ def test_no_lane_at_all_ends_the_job_with_one_line(tmp_path):
 
             return PoolChange()
 
+        def assign(self, lane, lease):
+            raise AssertionError("no lane to assign to")
+
+        def split(self, lane, shard, at):
+            raise AssertionError("no lane to split")
+
         def poll(self, timeout):
             return []
 
@@ -271,3 +324,50 @@ def test_no_lane_at_all_ends_the_job_with_one_line(tmp_path):
     with pytest.raises(ReembedError, match="no lane could run"):
         Coordinator(state, NoLanes(), UriCheckpointStore(str(tmp_path)), clock=tick,
                     options=CoordinatorOptions(lane_wait_s=300)).run()
+
+
+def test_a_lease_that_lands_after_the_next_report_is_still_committed_once(tmp_path):
+    """An assignment travels on its own (a Ray call to the lane), so the lane's next report may have been taken
+    before the lease landed and not list it. That report must not take the lease away: a lease dropped so is
+    never queued again, and the acknowledgements the lane sends for it later are ignored (the job never ends)."""
+    pts = make_points(2400, seed=5)
+    sink = MemorySink()
+    store = SpyStore(str(tmp_path), pts, sink)
+    late: list = []  # (lane, lease) given by the coordinator and not yet landed on the lane
+    landed: list = []
+    quiet = [0]  # polls in a row in which no lane acknowledged anything and no lease landed
+    quiet_limit = 500  # 5 s of idle polls at 10 ms: far past any pause of a healthy run of this size
+
+    def on_pool(pool):
+        assign, poll = pool.assign, pool.poll
+
+        def late_assign(lane, lease):
+            late.append((lane, lease))
+
+        def poll_then_land(timeout):
+            reports = poll(timeout)  # taken before this round's leases land: they list none of them
+            pending, late[:] = list(late), []
+            for lane, lease in pending:
+                assign(lane, lease)
+                landed.append(lease.shard)
+            if pending or any(report is not None and report.acks for _, report in reports):
+                quiet[0] = 0
+            else:
+                quiet[0] += 1
+                if quiet[0] > quiet_limit:  # fails the run rather than letting a dropped lease hang it
+                    raise AssertionError(f"no lane acknowledged anything for {quiet_limit} polls: a lease given "
+                                         "before a report was dropped by it")
+            return reports
+
+        pool.assign, pool.poll = late_assign, poll_then_land
+
+    options = CoordinatorOptions(save_interval_s=0.0, poll_timeout_s=0.01, refresh_interval_s=0.0, split_retry_s=0.0,
+                                 steal_min_points=20)
+    state, stats, sink, _ = run(pts, shards=3, lanes=3, store=store, sink=sink, on_pool=on_pool, page=30,
+                                options=options)
+    with_text = {pid for pid, p in pts.items() if "text" in p}
+    assert sorted(set(landed)) == [s.shard for s in state.shards]  # every lease, the split tails too, landed late
+    assert stats.splits >= 1
+    assert set(sink.target) == with_text and all(len(v) == 1 for v in sink.target.values())  # each written once
+    assert all(s.done for s in state.shards) and state.written == len(with_text)
+    assert state.skipped == len(pts) - len(with_text) and store.violations == []

@@ -174,6 +174,15 @@ def test_dead_letters_land_on_the_claim():
     assert Path(cfg.dead_letter.dir).is_relative_to(mount), (
         f"dead_letter.dir {cfg.dead_letter.dir} is not on the claim mounted at {mount}: it would die with the head"
     )
+    # The lanes write dead letters on the workers: every worker group mounts the same claim at the same path, and
+    # the claim can be mounted by many pods at once.
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    for group in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        names = [v["name"] for v in spec.get("volumes", [])
+                 if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]]
+        mounts = [m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", []) if m["name"] in names]
+        assert mount in mounts, f"worker group {group['groupName']} does not mount the run directory at {mount}"
 
 
 def test_api_key_comes_from_a_secret():

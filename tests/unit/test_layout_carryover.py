@@ -144,6 +144,9 @@ def test_custom_sharding_is_kept_and_its_keys_listed():
     for bad in (-1, True, 1.5):
         with pytest.raises(PreconditionError, match="shard key"):
             strategies.shard_keys_request("docs_v2", [bad])
+    # a key created wider than the collection's shard_number keeps its width; the others keep the default
+    widths = strategies.shard_keys_request("docs_v2", ["eu", 7], shards_by_key={7: 4})
+    assert not widths[0].request.HasField("shards_number") and widths[1].request.shards_number == 4
 
 
 def test_a_schema_without_its_collection_info_gets_only_the_overrides():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import grpc
@@ -131,6 +132,13 @@ class Sim:
         return sum(lat) / len(lat)
 
 
+def grant(ctl: WriteController, points: int = BATCH) -> Slot:
+    """A slot the test expects to be granted at once."""
+    got = ctl.try_acquire(points)
+    assert isinstance(got, Slot), f"no slot: wait {got}"
+    return got
+
+
 def controller(**settings) -> tuple[WriteController, Clock]:
     clock = Clock()
     settings.setdefault("target_latency_ms", None)
@@ -168,8 +176,8 @@ def test_writers_of_several_lanes_share_a_limit(rate, capacity_s):
 
 def test_reason_names_the_refusal_and_the_cut():
     ctl, clock = controller(initial_in_flight=8)
-    slots = [ctl.try_acquire(BATCH) for _ in range(8)]
-    assert all(isinstance(s, Slot) for s in slots) and ctl.try_acquire(BATCH) == math.inf
+    slots = [grant(ctl) for _ in range(8)]
+    assert ctl.try_acquire(BATCH) == math.inf
     clock.t = 0.5
     slots[0].on_retry(RetryEvent(grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", 1, 2.0, 2.0))
     pace = ctl.pace()
@@ -231,7 +239,7 @@ def test_search_p99_protection():
     clock.t = 1.0
     ctl.observe_search_p99(90.0)
     assert ctl.pace().limit == 11  # within the cooldown: the p99 has not had time to show the last cut
-    slot = ctl.try_acquire(BATCH)
+    slot = grant(ctl)
     ctl.release(slot, "ok")
     assert ctl.pace().limit == 11  # no growth while the search p99 is over its bound
     for step in range(1, 12):
@@ -249,10 +257,10 @@ def test_search_p99_protection():
 
 def test_deadline_exceeded_and_other_errors():
     ctl, _ = controller(initial_in_flight=8)
-    slot = ctl.try_acquire(BATCH)
+    slot = grant(ctl)
     slot.on_retry(RetryEvent(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded", 1, 1.0, None))
     assert ctl.pace().limit == 5 and ctl.pace().reason.startswith("DEADLINE_EXCEEDED")
-    other = ctl.try_acquire(BATCH)
+    other = grant(ctl)
     other.on_retry(RetryEvent(grpc.StatusCode.UNAVAILABLE, "unavailable", 1, 1.0, None))
     ctl.release(other, "failed")
     ctl.release(slot, "ok")  # retried: its latency says nothing about load
@@ -359,3 +367,91 @@ def test_search_probe_for_a_collection_sends_a_top_k_query_without_payload():
     assert isinstance(req, pb.QueryPoints) and req.collection_name == "docs" and req.using == "dense"
     assert req.limit == 10 and not req.with_payload.enable and list(req.query.nearest.dense.data) == [0.5, 1.0, 2.0]
     assert metadata == (("api-key", "k"),) and timeout == 3.0
+
+
+# --- a fixed window (`PacingSettings.fixed`, `adaptive_pacing: false`): the baseline the adaptive one is measured
+# against, so nothing the server says may move it; only the job's points/s cap still holds.
+
+
+def fixed_controller(**overrides) -> tuple[WriteController, Clock]:
+    clock = Clock()
+    return WriteController(replace(PacingSettings.fixed(4), **overrides), clock=clock), clock
+
+
+def assert_untouched(ctl: WriteController) -> None:
+    pace = ctl.pace()
+    assert pace.limit == 4 and pace.paused_s == 0.0 and pace.learned_rate is None
+    assert pace.reason == "start: in flight 4"
+
+
+def test_fixed_window_ignores_resource_exhausted():
+    ctl, clock = fixed_controller()
+    slots = [grant(ctl) for _ in range(4)]
+    assert ctl.try_acquire(BATCH) == math.inf
+    clock.t = 0.5
+    for s in slots:  # every request refused, each after the other's cut would have been possible
+        s.on_retry(RetryEvent(grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", 1, 30.0, 30.0))
+    ctl.throttled(None, 30.0)  # a refusal heard outside any slot
+    assert_untouched(ctl)
+    assert ctl.pace().throttled == 5  # still counted, for the progress line
+    ctl.release(slots[0], "throttled")
+    grant(ctl)  # no pause: only the refused request waits, in the retry layer
+    assert_untouched(ctl)
+
+
+def test_fixed_window_under_a_rate_limit_keeps_its_window():
+    # A server refusing above 2,000 points/s for a simulated minute (4 in flight would send 20,480): the window
+    # never moves, no rate is learned, and no pause holds the other requests back.
+    ctl, clock = fixed_controller()
+    sim = Sim(ctl, clock, limiter=QdrantRateLimiter(2_000, capacity_s=1.0))
+    sim.run(60)
+    assert ctl.pace().throttled > 10 and sim.refused_share(0, 60) > 0.2
+    assert_untouched(ctl)
+
+
+def test_fixed_window_ignores_slow_writes_and_timeouts():
+    # A target is set on purpose: a fixed window must not judge latency even when told one.
+    ctl, clock = fixed_controller(target_latency_ms=100.0)
+    for _ in range(20):
+        slot = grant(ctl)
+        clock.t += 30.0  # 300 times the target
+        ctl.release(slot, "ok")
+    slot = grant(ctl)
+    slot.on_retry(RetryEvent(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded", 1, 1.0, None))
+    ctl.release(slot, "timeout")
+    assert_untouched(ctl)
+    sim = Sim(ctl, clock, capacity_pps=2_000, latency_s=0.5, writers=20)  # a queue growing past any target
+    sim.run(clock.t + 120)
+    assert sim.mean_latency(clock.t - 60, clock.t) > 0.5
+    assert_untouched(ctl)
+
+
+def test_fixed_window_ignores_a_slow_search_probe():
+    # Even with a bound given (fixed() sets none; `replace` forces one), a hot source never cuts the window.
+    ctl, clock = fixed_controller(protect_search_p99_ms=50.0, probe_cooldown_s=1.0)
+    for step in range(30):
+        clock.t = 2.0 * step
+        ctl.observe_search_p99(5_000.0)
+        ctl.release(grant(ctl), "ok")
+    assert_untouched(ctl)
+    cfg = config_from_dict({"pipeline": {"adaptive_pacing": False, "protect_search_p99_ms": 80,
+                                         "upload_requests_in_flight": 4}}, env={})
+    settings = PacingSettings.from_pipeline(cfg.pipeline)
+    assert settings == PacingSettings.fixed(4)  # the config's probe bound does not reach a fixed writer
+    from_config = WriteController(settings, clock=clock)
+    from_config.observe_search_p99(5_000.0)
+    assert_untouched(from_config)
+
+
+def test_fixed_window_still_keeps_the_points_per_s_cap():
+    clock = Clock()
+    ctl = WriteController(PacingSettings.fixed(4, max_points_per_s=5_000.0), clock=clock)
+    # 4 requests in flight at 100 ms would carry 10,240 points/s: the cap alone holds the writer back.
+    sim = Sim(ctl, clock, latency_s=0.1)
+    sim.run(60)
+    assert 0.9 * 5_000 <= sim.throughput(0, 60) <= 5_000 + 5_000 / 60
+    pace = ctl.pace()
+    assert pace.limit == 4 and pace.rate_cap == 5_000.0 and pace.learned_rate is None and pace.paused_s == 0.0
+    ctl.set_rate(1_000.0)
+    sim.run(180)
+    assert sim.throughput(121, 180) <= 1_000 * 1.05 and ctl.pace().limit == 4

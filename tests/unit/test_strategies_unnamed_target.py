@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from qdrant_client import grpc as pb
 
-from engine.migration import strategies
 from engine.config import config_from_dict
 from engine.errors import PreconditionError
 from engine.flow.page import PageBody
 from engine.flow.sink import QdrantSink, SinkSpec
+from engine.migration import strategies
 from tests.unit.test_strategy_rules import V16, V18, schema
 
 

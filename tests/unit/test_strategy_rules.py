@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from qdrant_client import grpc as pb
 
-from engine.migration import shortcuts, strategies
 from engine.config import config_from_dict
-from engine.errors import ConfigError, PreconditionError
-from engine.flow.page import PageBody
-from engine.qdrant.client import ServerInfo
-from engine.flow.sink import QdrantSink, SinkSpec
 from engine.embed.vectorize import build_vectorizer
 from engine.embed.vectorset import VectorSet
+from engine.errors import ConfigError, PreconditionError
+from engine.flow.page import PageBody
+from engine.flow.sink import QdrantSink, SinkSpec
+from engine.migration import shortcuts, strategies
+from engine.qdrant.client import ServerInfo
 
 
 def schema(named=True, sparse=()):

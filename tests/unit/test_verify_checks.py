@@ -213,3 +213,148 @@ def test_labelled_gate_fails_when_the_new_model_is_worse(world):
     result = run_checks(ctx)
     assert result.quality["labelled"]["new"]["ndcg"] < 0.95
     assert set(failed(result)) == {"labelled quality"} and "new nDCG < old - 0.05" in failed(result)["labelled quality"]
+
+
+# --- added: offenders counted, not only found; faults after a point the pass skips; every way a copy differs -------
+
+def test_several_missing_and_extra_ids_are_each_counted_in_their_shard(world):
+    q, ctx = world
+    for pid in (2, 3, 33):
+        q.drop("dst", pid)
+    for pid in (1000, 1001):
+        q.add("dst", pid, {"text": "stray"}, {"dense": np.ones(8)})
+    result = run_checks(ctx)
+    f = failed(result)
+    assert "shard 0 [start, 20): source 20, target 18, 2 missing from the target (2, 3)" in f["count parity"]
+    assert "shard 1 [20, end): source 20, target 21, 1 missing from the target (33) and 2 in the target only " \
+           "(1000, 1001)" in f["count parity"]
+    assert [(s.missing, s.extra, s.source, s.target) for s in result.shards] == [(2, 0, 20, 18), (1, 2, 20, 21)]
+    assert "3 of 40 sampled ids are missing" in f["sampled ids present"]
+    assert set(next(c for c in result.checks if c.name == "count parity").ids) == {2, 3, 33, 1000, 1001}
+
+
+def test_faults_on_the_last_points_are_found_after_points_the_pass_skips(world):
+    """Points without text (5, 27) and a missing point come first; what follows them is still checked."""
+    q, ctx = world
+    q.drop("dst", 30)
+    q.set_vector("dst", 38, "dense", np.zeros(8, dtype=np.float32))
+    wrong = np.random.default_rng(4).standard_normal(8).astype(np.float32)
+    q.set_vector("dst", 39, "dense", wrong / np.linalg.norm(wrong))
+    payload, vectors = q.collections["dst"].points[36]
+    q.collections["dst"].points[36] = ({**payload, "extra": 1}, vectors)
+    q.set_vector("dst", 37, "old", np.ones(4, dtype=np.float32))
+    f = failed(run_checks(ctx))
+    assert "id 38 zero vector" in f["vectors valid"]
+    assert "id 39 cosine" in f["vectors recomputed"]
+    assert "id 36 (keys extra)" in f["payload equality"]
+    assert "id 37 'old' different values" in f["copied vectors equal"]
+    assert "(30)" in f["sampled ids present"] or "30" in f["sampled ids present"]
+
+
+def test_offenders_of_one_check_are_all_counted(world):
+    q, ctx = world
+    for pid in (3, 4, 6):
+        q.set_vector("dst", pid, "dense", np.zeros(8, dtype=np.float32))
+    for pid in (10, 11):
+        payload, vectors = q.collections["dst"].points[pid]
+        q.collections["dst"].points[pid] = ({**payload, "title": "x"}, vectors)
+    q.set_vector("dst", 5, "dense", np.ones(8, dtype=np.float32))
+    q.set_vector("dst", 27, "dense", np.ones(8, dtype=np.float32))
+    f = failed(run_checks(ctx))
+    assert f["vectors valid"].startswith("5 bad vectors: ")
+    assert f["payload equality"].startswith("2 of 40 payloads differ: id 10 (keys title); id 11 (keys title)")
+
+
+@pytest.mark.parametrize("plant,why", [
+    (lambda q: q.collections["dst"].points[12][1].pop("old"), "id 12 'old' missing in the target"),
+    (lambda q: q.set_vector("dst", 12, "old", np.ones(5, dtype=np.float32)), "id 12 'old' shape (5,) instead of (4,)"),
+])
+def test_every_way_a_copied_vector_can_differ_is_named(world, plant, why):
+    q, ctx = world
+    plant(q)
+    f = failed(run_checks(ctx))
+    assert set(f) == {"copied vectors equal"} and why in f["copied vectors equal"]
+    assert f["copied vectors equal"].startswith("1 of 40 copied vectors differ")
+
+
+def test_a_copy_the_source_does_not_have_is_found():
+    from engine.verify.vectors import copy_difference
+
+    a = np.array([1.0, 2.0], dtype=np.float32)
+    assert copy_difference(None, None) is None and copy_difference(a, a.copy()) is None
+    assert copy_difference(None, a) == "present in the target only"
+    assert copy_difference(a, None) == "missing in the target"
+    assert copy_difference(a, a + 1e-3) == "different values"
+    sparse = (np.array([3, 1], dtype=np.uint32), np.array([0.5, 0.25], dtype=np.float32))
+    same_reordered = (np.array([1, 3], dtype=np.uint32), np.array([0.25, 0.5], dtype=np.float32))
+    assert copy_difference(sparse, same_reordered) is None
+    assert copy_difference(sparse, (np.array([1, 4], dtype=np.uint32), sparse[1])) == "different sparse indices"
+    assert copy_difference(sparse, (sparse[0], np.array([0.5, 0.3], dtype=np.float32))) == "different sparse values"
+    assert copy_difference(sparse, a) == "sparse in one collection only"
+
+
+def test_an_unnamed_vector_target_may_lack_exactly_the_points_without_text(tmp_path):
+    q = MemoryQdrant()
+    q.create("src", {"": Spec(4)})
+    q.create("dst", {"": Spec(8)})
+    emb = WordsEmbedder()
+    for i in range(N):
+        text = text_of(i)
+        q.add("src", i, {"title": f"t{i}", **({"text": text} if text else {})}, {"": np.ones(4)})
+        if text:
+            q.add("dst", i, {"title": f"t{i}", "text": text}, {"": emb.embed([text])[0]})
+    dead = tmp_path / "dead.parquet"
+    pq.write_table(pa.table({"id": [str(i) for i in NO_TEXT], "shard": [0, 1], "reason": ["no text"] * 2}), dead)
+    ctx = VerifyContext(clients=q, source="src", target="dst", vectors=VectorNames(source="", dense=""),
+                        text=PayloadText(field="text"), shards=shards(),
+                        options=VerifyOptions(sample=10**9, k=5, queries=12), embedder=emb,
+                        dead_letter_path=str(dead), job_id="j1", model={"name": "words:8", "dim": 8})
+    result = run_checks(ctx)
+    assert result.passed, result.lines()
+    parity = next(c for c in result.checks if c.name == "count parity")
+    assert "source 40 = target 38 + 2 dead letters without text" in parity.detail
+    assert [s.expected_absent for s in result.shards] == [1, 1]
+    q.drop("dst", 8)  # a point with text missing is still missing
+    f = failed(run_checks(ctx))
+    assert "1 missing from the target (8)" in f["count parity"] and "1 of 40 sampled ids" in f["sampled ids present"]
+
+
+def test_the_dead_letter_line_counts_and_names_where_they_are(world):
+    _, ctx = world
+    result = run_checks(ctx)
+    line = next(c for c in result.checks if c.name == "dead letters")
+    assert line.status == "info" and line.detail == f"2 points listed in {ctx.dead_letter_path}"
+    assert result.dead_letters["count"] == 2 and result.dead_letters["reasons"] == {"no text": 2}
+    assert [r["id"] for r in result.dead_letters["sample"]] == ["5", "27"]
+
+
+def test_dead_letters_out_of_reach_skip_the_listing_check_but_not_the_others(world, tmp_path):
+    _, ctx = world
+    ctx.dead_letter_path = str(tmp_path / "elsewhere")
+    result = run_checks(ctx)
+    st = statuses(result)
+    assert st["dead letters listed"] == "skipped" and result.passed
+    line = next(c for c in result.checks if c.name == "dead letters")
+    assert line.detail.endswith("is not on this machine")
+
+
+def test_no_dead_letter_path_means_none_and_every_point_without_text_is_then_unlisted(world):
+    from engine.verify.dead_letters import dead_letter_summary, dead_letters_check
+
+    summary, ids = dead_letter_summary(None)
+    assert ids == set() and dead_letters_check(summary).detail == "none"
+    _, ctx = world
+    ctx.dead_letter_path = None
+    f = failed(run_checks(ctx))
+    assert set(f) == {"dead letters listed"} and "2 sampled points without usable text" in f["dead letters listed"]
+
+
+def test_dead_letter_reasons_joined_by_a_semicolon_count_apart(tmp_path):
+    from engine.verify.dead_letters import dead_letter_summary
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"id": ["1", "2", "3"], "shard": [0, 0, 1],
+                             "reason": ["empty text", "empty text; too long", "too long"]}), path)
+    summary, ids = dead_letter_summary(str(path))
+    assert ids == {"1", "2", "3"} and summary["count"] == 3 and summary["available"] is True
+    assert summary["reasons"] == {"empty text": 2, "too long": 2} and len(summary["sample"]) == 3

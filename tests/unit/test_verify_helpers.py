@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.flow.state import JobState, VerifySummary
-from engine.config import config_from_dict
-from engine.migration.cutover import verify_gate
-from engine.errors import ConfigError, PreconditionError
 from actors.metrics import STAGE_SERIES_MAX, Metrics, StageSampler
+from engine.config import config_from_dict
+from engine.errors import ConfigError, PreconditionError
+from engine.flow.state import JobState, VerifySummary
+from engine.migration.cutover import verify_gate
 from engine.qdrant.values import payload_digest
 from engine.verify.check import Check
 from engine.verify.evalset import load_eval, parse_point_id
