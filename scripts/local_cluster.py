@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120
@@ -34,6 +35,62 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group `proc` leads (started with start_new_session), if any of it is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop a `ray start --block` and everything in its process group, nothing else.
+
+    SIGTERM goes to `ray start` alone first: it drains the node and stops its processes in order (about 2 s). A
+    SIGTERM to the whole group at once kills the GCS under it and its drain then waits 30 s for a GCS that is gone.
+    What is still in the group after `timeout_s` gets SIGKILL.
+    """
+    proc.send_signal(signal.SIGTERM)  # nothing once the leader is reaped
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reaps the leader, whose zombie would keep the group alive
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        kill_group(proc)
+    proc.wait(timeout=timeout_s)
+
+
+def processes_of(sessions: set[int], marks: tuple[str, ...]) -> dict[int, str]:
+    """pid -> command line of every live process in one of `sessions` (Ray's processes keep their node's session
+    even where they take a process group of their own, and rename themselves `ray::...`), or naming one of `marks`
+    (a temp dir; a job's config, whose driver Ray starts in a session of its own)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if state != "Z" and (int(session) in sessions or any(m in cmd for m in marks)):
+            found[int(entry.name)] = cmd
+    return found
+
+
+def kill_processes(pids: Iterable[int]) -> None:
+    """SIGKILL each of `pids` still alive."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 WORKER_PORTS = 200  # worker processes a node may run at once (each takes a port)
@@ -198,55 +255,19 @@ class LocalCluster:
 
     def kill(self, node: Node) -> None:
         """SIGKILL a node and every process it started: a lost machine."""
-        try:
-            os.killpg(node.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(node.proc)
         node.proc.wait(timeout=30)
-
-    def _stop(self, node: Node) -> None:
-        # SIGTERM to `ray start` alone first: it drains the node and stops its processes in order; the rest of
-        # the group gets SIGKILL after STOP_TIMEOUT_S.
-        if node.alive:
-            node.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            node.proc.poll()
-            try:
-                os.killpg(node.proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            self.kill(node)
-        node.proc.wait(timeout=STOP_TIMEOUT_S)
 
     def leftovers(self) -> dict[int, str]:
         """Live processes of this cluster after a stop (in a node's session, or naming its temp dir)."""
-        sessions = {n.proc.pid for n in self.nodes}
-        found = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
-            except (OSError, ValueError):
-                continue
-            if state != "Z" and (int(session) in sessions or str(self.root) in cmd):
-                found[int(entry.name)] = cmd
-        return found
+        return processes_of({n.proc.pid for n in self.nodes}, (str(self.root),))
 
     def stop(self) -> dict[int, str]:
         """Stop every node (workers first), kill what survived; returns what had to be killed."""
         for node in reversed(self.nodes):
-            self._stop(node)
+            stop_group(node.proc)
         left = self.leftovers()
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes(left)
         if os.environ.get("REEMBED_KEEP_CLUSTER_DIR"):  # the nodes' logs and Ray's session dirs, for a post-mortem
             print(f"cluster dir kept: {self.root}", file=sys.stderr)
         else:

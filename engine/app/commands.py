@@ -8,7 +8,7 @@ import logging
 
 from engine.app import job as jobs
 from engine.app import wiring
-from engine.app.args import config_args, load
+from engine.app.args import job_command, load
 from engine.migration.cutover import cleanup, drop_vector, rollback, swap
 
 log = logging.getLogger(__name__)
@@ -136,42 +136,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run or resume a migration job")
-    config_args(p)
+    p = job_command(sub, "run", cmd_run, "run or resume a migration job")
     p.add_argument("--restart", action="store_true", help="discard this job's checkpoint and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--catch-up", action="store_true",
                    help="after the backfill, reconcile source changes made during it (inserts, updates, deletes)")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="per-shard progress from the checkpoint")
-    config_args(p)
-    p.set_defaults(func=cmd_status)
+    job_command(sub, "status", cmd_status, "per-shard progress from the checkpoint")
 
-    p = sub.add_parser("swap", help="point the alias at the new collection (atomic)")
-    config_args(p)
+    p = job_command(sub, "swap", cmd_swap, "point the alias at the new collection (atomic)")
     p.add_argument("--force", action="store_true", help="swap even without a passing verify (recorded)")
-    p.set_defaults(func=cmd_swap)
 
-    p = sub.add_parser("rollback", help="point the alias back at the source collection")
-    config_args(p)
-    p.set_defaults(func=cmd_rollback)
+    job_command(sub, "rollback", cmd_rollback, "point the alias back at the source collection")
 
-    p = sub.add_parser("cleanup", help="delete the old collection after a swap, or (--drop-vector) the old vector")
-    config_args(p)
+    p = job_command(sub, "cleanup", cmd_cleanup,
+                    "delete the old collection after a swap, or (--drop-vector) the old vector")
     p.add_argument("--drop-vector", metavar="OLD",
                    help="in-place jobs: drop this old named vector (and its data) instead of a collection")
     p.add_argument("--confirm", action="store_true", help="required: the deletion cannot be undone")
     p.add_argument("--force", action="store_true", help="clean up even without a passing verify (recorded)")
-    p.set_defaults(func=cmd_cleanup)
 
-    p = sub.add_parser("requantize", help="change only the source's quantization (target.layout.quantization): no "
-                                          "model run; prints the UpdateCollection, --apply sends it")
-    config_args(p)
+    p = job_command(sub, "requantize", cmd_requantize,
+                    "change only the source's quantization (target.layout.quantization): no model run; prints the "
+                    "UpdateCollection, --apply sends it")
     p.add_argument("--apply", action="store_true", help="send the request and wait for the collection to turn green")
     p.add_argument("--timeout-s", type=float, default=None,
                    help="stop waiting for green after this long (default: the index-build timeout, 6 h)")
-    p.set_defaults(func=cmd_requantize)
 
     p = sub.add_parser("demo", help="a real migration on the embedded endpoint: stdlib docstrings, legacy -> MiniLM")
     p.add_argument("--data", default="demo-data", help="endpoint data directory (wiped at start)")

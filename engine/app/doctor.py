@@ -768,13 +768,11 @@ def _timeout(text: str) -> float:
 
 
 def register(sub: Any) -> None:
-    from engine.app.args import config_args
+    from engine.app.args import job_command
 
-    p = sub.add_parser("doctor", help="check every node of the cluster before a job (exit 0: nothing FAILs)")
-    config_args(p)
+    p = job_command(sub, "doctor", cmd_doctor, "check every node of the cluster before a job (exit 0: nothing FAILs)")
     p.add_argument("--timeout", type=_timeout, default=tunables.DOCTOR_NODE_TIMEOUT_S, metavar="SECONDS",
                    help=f"how long each node may take to answer (default {tunables.DOCTOR_NODE_TIMEOUT_S:g}; "
                         "a first model "
                         "download takes minutes)")
     p.add_argument("--json", action="store_true", help="also print one JSON object of every result, as the last line")
-    p.set_defaults(func=cmd_doctor)

@@ -252,15 +252,10 @@ def cmd_fit_map(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from engine.app.args import config_args
+    from engine.app.args import job_command
 
-    p = sub.add_parser("plan", help="probe the server and source, and show the strategy, shards, bytes and ETA")
-    config_args(p)
+    p = job_command(sub, "plan", cmd_plan, "probe the server and source, and show the strategy, shards, bytes and ETA")
     p.add_argument("--json", action="store_true", help="print only the JSON plan")
     p.add_argument("--no-calibrate", action="store_true", help="skip the model calibration (no model load)")
-    p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("fit-map", help="learn the linear-map shortcut old->new on a sample and report recall@10")
-    config_args(p)
-    p.set_defaults(func=cmd_fit_map)
-
+    job_command(sub, "fit-map", cmd_fit_map, "learn the linear-map shortcut old->new on a sample and report recall@10")

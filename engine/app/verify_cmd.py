@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from engine.app.args import config_args, load
+from engine.app.args import job_command, load
 
 
 def _sample(text: str) -> int:
@@ -57,14 +57,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("verify", help="check the target before cutover (exit 0 pass, 1 fail); writes the report")
-    config_args(p)
+    p = job_command(sub, "verify", cmd_verify,
+                    "check the target before cutover (exit 0 pass, 1 fail); writes the report")
     p.add_argument("--sample", type=_sample, default=None, metavar="N",
                    help="points to check (default verify.sample); 'all' or any N >= the collection checks every point")
     p.add_argument("--eval", default=None, metavar="FILE",
                    help="labelled queries: JSONL or Parquet rows of {query, relevant_ids} (default verify.eval_file)")
-    p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("report", help="write report.json and report.html for the job (no server writes)")
-    config_args(p)
-    p.set_defaults(func=cmd_report)
+    job_command(sub, "report", cmd_report, "write report.json and report.html for the job (no server writes)")

@@ -63,11 +63,13 @@ from engine.embed.st_config import DenseLayer, _activation_name, _read_json, _re
 from engine.embed.transformer import (
     _OOM,
     _check_options,
+    _checked_texts,
     _DenseModule,
     _dtype_kwarg,
     _load_tokenizer,
     _pad_token_id,
     _position_offset,
+    _runtime_description,
     _set_threads,
     _truncating_backend,
 )
@@ -429,14 +431,7 @@ class LateInteractionEmbedder:
             "attend_to_mask_tokens": layout.attend_to_mask,
             "skiplist_size": len(self._skip_ids),
             "similarity": layout.similarity,
-            "dtype": dtype_name(self.torch_dtype),
-            "device": str(self.device),
-            "token_budget": self.token_budget,
-            "max_batch": self.max_batch,
-            "batch_overhead_tokens": self.batch_overhead_tokens,
-            "compile": self.compiled,
-            "threads": self.threads if self.device.type == "cpu" else None,
-            "torch": torch.__version__,
+            **_runtime_description(self),
         }
 
     def close(self) -> None:
@@ -445,10 +440,7 @@ class LateInteractionEmbedder:
     # --- internals ------------------------------------------------------------------------------------------------
 
     def _encode(self, texts: Sequence[str], query: bool) -> _Encoded:
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} is {type(text).__name__}, not str; every point's text must be a string")
+        texts = _checked_texts(texts)
         layout = self.layout
         if layout.prompt:
             texts = [layout.prompt + t for t in texts]

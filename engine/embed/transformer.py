@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, Sequence, cast
+from typing import Any, Iterable, Iterator, Protocol, Sequence, cast
 
 import numpy as np
 import torch
@@ -239,14 +239,7 @@ class TransformerEmbedder:
             "matryoshka_dim": self.matryoshka_dim,
             "prefix": self.prefix,
             "dense_layers": len(self._dense),
-            "dtype": dtype_name(self.torch_dtype),
-            "device": str(self.device),
-            "token_budget": self.token_budget,
-            "max_batch": self.max_batch,
-            "batch_overhead_tokens": self.batch_overhead_tokens,
-            "compile": self.compiled,
-            "threads": self.threads if self.device.type == "cpu" else None,
-            "torch": torch.__version__,
+            **_runtime_description(self),
         }
 
     def close(self) -> None:
@@ -255,10 +248,7 @@ class TransformerEmbedder:
     # --- internals ------------------------------------------------------------------------------------------------
 
     def _encode(self, texts: Sequence[str]) -> _Encoded:
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} is {type(text).__name__}, not str; every point's text must be a string")
+        texts = _checked_texts(texts)
         if self.prefix:
             texts = [self.prefix + t for t in texts]
         if self._backend is not None:
@@ -334,6 +324,41 @@ class TransformerEmbedder:
 
 
 # --- loading helpers --------------------------------------------------------------------------------------------
+
+
+class _RunsOnTorch(Protocol):
+    """What _runtime_description reads of an embedder."""
+
+    torch_dtype: torch.dtype
+    device: torch.device
+    token_budget: int
+    max_batch: int
+    batch_overhead_tokens: int
+    compiled: bool
+    threads: int | None
+
+
+def _runtime_description(embedder: _RunsOnTorch) -> dict:
+    """The describe() keys of where and how an embedder runs: dtype, device, batching, compile, threads, torch."""
+    return {
+        "dtype": dtype_name(embedder.torch_dtype),
+        "device": str(embedder.device),
+        "token_budget": embedder.token_budget,
+        "max_batch": embedder.max_batch,
+        "batch_overhead_tokens": embedder.batch_overhead_tokens,
+        "compile": embedder.compiled,
+        "threads": embedder.threads if embedder.device.type == "cpu" else None,
+        "torch": torch.__version__,
+    }
+
+
+def _checked_texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list, every one a str (a TypeError names the first that is not)."""
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is {type(text).__name__}, not str; every point's text must be a string")
+    return texts
 
 
 def _check_options(pooling, matryoshka_dim, max_length, token_budget, max_batch, threads, overhead) -> None:

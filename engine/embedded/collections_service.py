@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import grpc
 from qdrant_client import grpc as pb
@@ -12,7 +12,7 @@ from qdrant_client import grpc as pb
 from engine.embedded import indexing, schema
 from engine.embedded.catalog import Catalog
 from engine.embedded.compat import Compat
-from engine.embedded.sharding import fill_shard_key, shard_key_in
+from engine.embedded.sharding import ShardKey, fill_shard_key, shard_key_in
 from engine.embedded.status import ApiError, invalid_argument, rpc, unsupported, validation_error
 
 EDGE_VERSION = importlib.metadata.version("qdrant-edge-py")
@@ -173,17 +173,13 @@ class CollectionsService(pb.CollectionsServicer):
             raise validation_error(
                 "replication_factor", "Validation error: Replication factor must be greater than 0 [{}]"
             )
-        key = shard_key_in(request.shard_key) if request.HasField("shard_key") else None
-        if key is None:
-            raise invalid_argument("Shard key is not specified")
+        key = _named_key(request)
         shards_number: Optional[int] = request.shards_number if request.HasField("shards_number") else None
         with self.catalog.writing(collection) as coll:
             self.catalog.create_shard_key(coll, key, shards_number)
 
     def _delete_shard_key(self, collection: str, request: pb.DeleteShardKey) -> None:
-        key = shard_key_in(request.shard_key) if request.HasField("shard_key") else None
-        if key is None:
-            raise invalid_argument("Shard key is not specified")
+        key = _named_key(request)
         with self.catalog.writing(collection) as coll:
             self.catalog.delete_shard_key(coll, key)
 
@@ -191,21 +187,13 @@ class CollectionsService(pb.CollectionsServicer):
     def CreateShardKey(
         self, request: pb.CreateShardKeyRequest, context: grpc.ServicerContext
     ) -> pb.CreateShardKeyResponse:
-        started = time.perf_counter()
-        if not request.HasField("request"):  # src/tonic/api/collections_api.rs
-            raise invalid_argument("empty request")
-        self._create_shard_key(request.collection_name, request.request)
-        return pb.CreateShardKeyResponse(result=True, time=time.perf_counter() - started)
+        return pb.CreateShardKeyResponse(result=True, time=_timed_shard_key_call(request, self._create_shard_key))
 
     @rpc
     def DeleteShardKey(
         self, request: pb.DeleteShardKeyRequest, context: grpc.ServicerContext
     ) -> pb.DeleteShardKeyResponse:
-        started = time.perf_counter()
-        if not request.HasField("request"):
-            raise invalid_argument("empty request")
-        self._delete_shard_key(request.collection_name, request.request)
-        return pb.DeleteShardKeyResponse(result=True, time=time.perf_counter() - started)
+        return pb.DeleteShardKeyResponse(result=True, time=_timed_shard_key_call(request, self._delete_shard_key))
 
     @rpc
     def ListShardKeys(
@@ -242,3 +230,23 @@ class CollectionsService(pb.CollectionsServicer):
         else:
             raise unsupported(f"cluster setup operation `{kind}` (one peer, every shard local)")
         return pb.UpdateCollectionClusterSetupResponse(result=True, time=time.perf_counter() - started)
+
+
+def _named_key(request: pb.CreateShardKey | pb.DeleteShardKey) -> ShardKey:
+    """The shard key a create or delete names; none is bad input."""
+    key = shard_key_in(request.shard_key) if request.HasField("shard_key") else None
+    if key is None:
+        raise invalid_argument("Shard key is not specified")
+    return key
+
+
+def _timed_shard_key_call(
+    request: pb.CreateShardKeyRequest | pb.DeleteShardKeyRequest, apply: Callable[[str, Any], None]
+) -> float:
+    """`apply` to the collection and the inner request of a Create/DeleteShardKey call (an empty one is bad input,
+    src/tonic/api/collections_api.rs); returns the seconds it took, for the response."""
+    started = time.perf_counter()
+    if not request.HasField("request"):
+        raise invalid_argument("empty request")
+    apply(request.collection_name, request.request)
+    return time.perf_counter() - started

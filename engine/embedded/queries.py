@@ -139,14 +139,12 @@ class QueryBuilder:
         return qe.Query.Nearest(average_vector(positives, negatives), using=using)
 
     def prefetch(self, prefetch: pb.PrefetchQuery) -> qe.Prefetch:
-        using = prefetch.using if prefetch.HasField("using") else None
-        limit = prefetch.limit if prefetch.HasField("limit") else cv.DEFAULT_QUERY_LIMIT
-        lookup = prefetch.lookup_from if prefetch.HasField("lookup_from") else None
+        limit, query, prefetches = self._stage(prefetch)
         return qe.Prefetch(
             limit=limit,
-            query=self.query(prefetch.query, using, limit, lookup) if prefetch.HasField("query") else None,
-            prefetches=[self.prefetch(p) for p in prefetch.prefetch] or None,
-            params=cv.search_params_in(prefetch.params) if prefetch.HasField("params") else None,
+            query=query,
+            prefetches=prefetches,
+            params=_search_params(prefetch),
             filter=self._filter(cv.optional_filter(prefetch)),
             score_threshold=_opt(prefetch, "score_threshold"),
         )
@@ -156,37 +154,50 @@ class QueryBuilder:
     ) -> qe.QueryRequest:
         """A QueryPoints for one shard; `limit`/`offset` override the request's (a multi-shard query asks each shard
         for `offset + limit` and skips `offset` after merging)."""
-        using = req.using if req.HasField("using") else None
-        req_limit = req.limit if req.HasField("limit") else cv.DEFAULT_QUERY_LIMIT
-        lookup = req.lookup_from if req.HasField("lookup_from") else None
+        req_limit, query, prefetches = self._stage(req)
         return qe.QueryRequest(
             limit=req_limit if limit is None else limit,
             offset=(req.offset if req.HasField("offset") else None) if offset is None else offset,
-            query=self.query(req.query, using, req_limit, lookup) if req.HasField("query") else None,
-            prefetches=[self.prefetch(p) for p in req.prefetch] or None,
-            with_vector=cv.with_vectors_in(req.with_vectors) if req.HasField("with_vectors") else False,
-            with_payload=cv.with_payload_in(req.with_payload, False) if req.HasField("with_payload") else False,
+            query=query,
+            prefetches=prefetches,
+            **_returned(req),
             filter=self._filter(cv.optional_filter(req)),
             score_threshold=_opt(req, "score_threshold"),
-            params=cv.search_params_in(req.params) if req.HasField("params") else None,
+            params=_search_params(req),
         )
 
     def prefetch_request(self, pf: pb.PrefetchQuery, root: pb.QueryPoints) -> qe.QueryRequest:
         """One prefetch of a fused query run on its own (the root filter applies to it too), returning the root's
         payload and vectors: the shard-level intermediate result Qdrant fuses at the collection level."""
-        using = pf.using if pf.HasField("using") else None
-        limit = pf.limit if pf.HasField("limit") else cv.DEFAULT_QUERY_LIMIT
-        lookup = pf.lookup_from if pf.HasField("lookup_from") else None
+        limit, query, prefetches = self._stage(pf)
         return qe.QueryRequest(
             limit=limit,
-            query=self.query(pf.query, using, limit, lookup) if pf.HasField("query") else None,
-            prefetches=[self.prefetch(p) for p in pf.prefetch] or None,
-            with_vector=cv.with_vectors_in(root.with_vectors) if root.HasField("with_vectors") else False,
-            with_payload=cv.with_payload_in(root.with_payload, False) if root.HasField("with_payload") else False,
+            query=query,
+            prefetches=prefetches,
+            **_returned(root),
             filter=self._filter(cv.optional_filter(root), cv.optional_filter(pf)),
             score_threshold=_opt(pf, "score_threshold"),
-            params=cv.search_params_in(pf.params) if pf.HasField("params") else None,
+            params=_search_params(pf),
         )
+
+    def _stage(self, stage: pb.QueryPoints | pb.PrefetchQuery) -> tuple[int, Any, Optional[list[qe.Prefetch]]]:
+        """The limit (Qdrant's default if none), the scoring query and the prefetches of a request or a prefetch."""
+        limit = stage.limit if stage.HasField("limit") else cv.DEFAULT_QUERY_LIMIT
+        has_query = stage.HasField("query")
+        query = self.query(stage.query, _opt(stage, "using"), limit, _opt(stage, "lookup_from")) if has_query else None
+        return limit, query, [self.prefetch(p) for p in stage.prefetch] or None
+
+
+def _returned(req: pb.QueryPoints) -> dict[str, Any]:
+    """What the request asks each point to carry back: its vectors and its payload (neither, by default)."""
+    return {
+        "with_vector": cv.with_vectors_in(req.with_vectors) if req.HasField("with_vectors") else False,
+        "with_payload": cv.with_payload_in(req.with_payload, False) if req.HasField("with_payload") else False,
+    }
+
+
+def _search_params(stage: pb.QueryPoints | pb.PrefetchQuery) -> Any:
+    return cv.search_params_in(stage.params) if stage.HasField("params") else None
 
 
 def average_vector(positives: list[Any], negatives: list[Any]) -> Any:

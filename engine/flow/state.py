@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping, Self, cast
 
 from engine.errors import CheckpointMismatch
 from engine.qdrant.wire import PointIdValue
@@ -29,8 +29,25 @@ def _pick(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in names}
 
 
+class _Record:
+    """A dataclass record saved as its fields (to_dict) and loaded from them (from_dict, other keys ignored)."""
+
+    # Fields that hold a list of other records: field name -> the record class of its items.
+    _record_lists: ClassVar[Mapping[str, type[_Record]]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(cast(Any, self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        out = _pick(cls, data)
+        for name, record in cls._record_lists.items():
+            out[name] = [record.from_dict(x) for x in out.get(name) or []]
+        return cls(**out)
+
+
 @dataclass
-class ShardState:
+class ShardState(_Record):
     """One id range of the source and how far the job got in it."""
 
     shard: int
@@ -44,13 +61,9 @@ class ShardState:
     shard_key: str | int | None = None  # custom sharding: the key every read and write of this range carries
     split_from: int | None = None  # a range split off another shard's tail for an idle lane
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ShardState":
-        return cls(**_pick(cls, data))
-
 
 @dataclass(frozen=True)
-class OnDiskOverride:
+class OnDiskOverride(_Record):
     """A vector put on disk while both models live in one collection (side_by_side), and the user's own setting
     that `swap` / `cleanup` put back (see engine.migration.strategies.on_disk_overrides)."""
 
@@ -60,13 +73,9 @@ class OnDiskOverride:
     restore_on_disk: bool | None = None  # the setting the user asked for; None: none was asked, it stays on disk
     restore_memory: str | None = None  # the `memory` placement (Cold/Cached/Pinned, Qdrant >= 1.19) asked for, if any
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OnDiskOverride:
-        return cls(**_pick(cls, data))
-
 
 @dataclass(frozen=True)
-class Decision:
+class Decision(_Record):
     """The road the job takes (see engine.migration.strategies.decide)."""
 
     requested: str
@@ -80,9 +89,6 @@ class Decision:
     reason: str = ""
     multi_name: str | None = None  # late interaction: the new multivector
     on_disk: tuple[OnDiskOverride, ...] = ()  # side_by_side: vectors kept on disk while both models live
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Decision":
@@ -102,7 +108,7 @@ class Decision:
 
 
 @dataclass
-class IndexDeferral:
+class IndexDeferral(_Record):
     """HNSW building stopped for what the job creates while it loads, and how to restore it."""
 
     kind: str  # indexing_threshold (a new collection) | vector_m (a vector created in place)
@@ -113,16 +119,9 @@ class IndexDeferral:
     status: str | None = None  # the collection's status when the job stopped waiting for it
     waited_s: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "IndexDeferral":
-        return cls(**_pick(cls, data))
-
 
 @dataclass
-class LaneRecord:
+class LaneRecord(_Record):
     """What one lane (one embedding actor and its readers and writers, on one node) did in a run."""
 
     lane: str
@@ -133,16 +132,9 @@ class LaneRecord:
     pages_redone: int = 0
     points_redone: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LaneRecord":
-        return cls(**_pick(cls, data))
-
 
 @dataclass
-class RunRecord:
+class RunRecord(_Record):
     """One run of the job (the first, or a resume)."""
 
     ended_at: float
@@ -162,29 +154,18 @@ class RunRecord:
     lanes: list[LaneRecord] = field(default_factory=list)
     driver_cpu_s: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunRecord":
-        out = _pick(cls, data)
-        out["lanes"] = [LaneRecord.from_dict(x) for x in out.get("lanes") or []]
-        return cls(**out)
+    _record_lists: ClassVar[Mapping[str, type[_Record]]] = {"lanes": LaneRecord}
 
 
 @dataclass
-class CheckSummary:
+class CheckSummary(_Record):
     name: str
     status: str  # pass | fail | info | skipped
     detail: str
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CheckSummary":
-        return cls(**_pick(cls, data))
-
 
 @dataclass
-class VerifySummary:
+class VerifySummary(_Record):
     """The latest `reembed verify` of the job: what the swap and cleanup gates read."""
 
     passed: bool
@@ -196,29 +177,18 @@ class VerifySummary:
     report: str | None = None
     elapsed_s: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VerifySummary":
-        out = _pick(cls, data)
-        out["checks"] = [CheckSummary.from_dict(c) for c in out.get("checks") or []]
-        return cls(**out)
+    _record_lists: ClassVar[Mapping[str, type[_Record]]] = {"checks": CheckSummary}
 
 
 @dataclass
-class VerifyHistoryEntry:
+class VerifyHistoryEntry(_Record):
     at: float
     passed: bool
     failed: list[str] = field(default_factory=list)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VerifyHistoryEntry":
-        return cls(**_pick(cls, data))
-
 
 @dataclass
-class Event:
+class Event(_Record):
     """A cutover, cleanup, catch-up or forced action, for the record. `details` are the action's own facts (alias,
     from, to, deleted collection, counts, the verify it relied on), kept as the action reported them."""
 

@@ -36,7 +36,7 @@ may therefore still bite after a restart. The retry layer waits out RESOURCE_EXH
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, Mapping
 
 from qdrant_client import grpc as pb
 
@@ -58,6 +58,11 @@ def _bound(wanted: int, *limits: int | None) -> int:
         if limit is not None and limit < out:
             out = max(1, limit)
     return out
+
+
+def _per_vector(configs: Mapping[str, Any], limit: str) -> tuple[tuple[str, int], ...]:
+    """(vector name, limit) of each per-vector config that sets `limit`, by name."""
+    return tuple(sorted((name, int(getattr(c, limit))) for name, c in configs.items() if c.HasField(limit)))
 
 
 @dataclass(frozen=True)
@@ -101,13 +106,9 @@ class StrictMode:
         if cfg.HasField("search_max_oversampling"):
             values["search_max_oversampling"] = float(cfg.search_max_oversampling)
         if cfg.HasField("sparse_config"):
-            values["sparse_max_length"] = tuple(sorted(
-                (name, int(s.max_length)) for name, s in cfg.sparse_config.sparse_config.items()
-                if s.HasField("max_length")))
+            values["sparse_max_length"] = _per_vector(cfg.sparse_config.sparse_config, "max_length")
         if cfg.HasField("multivector_config"):
-            values["multivector_max_vectors"] = tuple(sorted(
-                (name, int(m.max_vectors)) for name, m in cfg.multivector_config.multivector_config.items()
-                if m.HasField("max_vectors")))
+            values["multivector_max_vectors"] = _per_vector(cfg.multivector_config.multivector_config, "max_vectors")
         return cls(**values)
 
     @classmethod

@@ -15,19 +15,11 @@ from typing import Any
 import numpy as np
 from qdrant_client import grpc as pb
 
+from engine.qdrant.points import stored_vectors
 from engine.tunables import COPY_ATOL, COPY_RTOL
 
 Sparse = tuple[np.ndarray, np.ndarray]  # (indices uint32, values float32)
 Value = np.ndarray | Sparse  # dense: 1-d float32; multivector: 2-d float32 [tokens, dim]; sparse: a pair
-
-
-def stored_vectors(point: pb.RetrievedPoint) -> dict[str, pb.VectorOutput]:
-    """name -> stored vector ("" is the unnamed default vector)."""
-    if not point.HasField("vectors"):
-        return {}
-    if point.vectors.HasField("vector"):
-        return {"": point.vectors.vector}
-    return dict(point.vectors.vectors.vectors.items())
 
 
 def as_value(vec: pb.VectorOutput) -> Value | None:

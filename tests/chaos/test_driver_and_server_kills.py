@@ -86,12 +86,16 @@ def test_driver_sigkilled_three_times_then_resumed(tmp_path):
         config = _write_config(tmp_path, server.port, "dst")
         job_id = _job_id(config)
         redone = []
+        stalls = []  # resubmit -> first new commit: Ray, the lanes and their model started again (reported only)
         for kill in range(3):
             before = _committed(server.port, job_id)
             proc = _start(config)
-            deadline = time.monotonic() + 120
-            while _committed(server.port, job_id) < before + 300 and proc.poll() is None:
+            t0 = time.monotonic()
+            deadline = t0 + 120
+            while (now := _committed(server.port, job_id)) < before + 300 and proc.poll() is None:
                 assert time.monotonic() < deadline, "no progress after a restart"
+                if now > before and len(stalls) == kill:
+                    stalls.append(round(time.monotonic() - t0, 1))
                 time.sleep(0.2)
             assert proc.poll() is None, f"run {kill} ended before it could be killed: {proc.stderr.read()[-2000:]}"
             _kill_session(proc)
@@ -106,7 +110,8 @@ def test_driver_sigkilled_three_times_then_resumed(tmp_path):
         summary = json.loads(final.stdout.strip().splitlines()[-1])
         assert summary["points_written"] + summary["points_skipped"] == N
         assert_exact(server.port, "src", "dst")
-        print(f"driver kills: redone points per kill {redone} (bound {(WINDOW_PAGES + SAVER_SLACK_PAGES) * PAGE})")
+        print(f"driver kills: redone points per kill {redone} (bound {(WINDOW_PAGES + SAVER_SLACK_PAGES) * PAGE}); "
+              f"resubmit to first commit {stalls} s; the last run's summary: {summary['points_redone']} redone")
         client.close()
 
 

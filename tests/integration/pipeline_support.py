@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import grpc as pb
 
-from engine.config import config_from_dict
 from engine.embed import build_embedder
 from engine.flow.text import PayloadText
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
 from engine.qdrant.connection import Endpoint
 from engine.verify.checker import check
+from tests.config_support import job_config
 
 WORDS = ("vector search engine model embedding shard replica payload index point cluster query filter collection "
          "alias migration throughput latency recall precision batch token sentence paragraph über naïve café 東京").split()
@@ -74,10 +74,7 @@ def config(port: int, tmp: Path, *, source="src", target="dst", model="hash:32",
         "retry": {"max_attempts": 30, "base_delay_s": 0.05, "max_delay_s": 1.0, "deadline_s": 120},
         "dead_letter": {"dir": str(tmp / "runs")},
     }
-    for key, value in extra.items():
-        section, name = key.split("__")
-        data.setdefault(section, {})[name] = value
-    return config_from_dict(data, env={})
+    return job_config(data, extra=extra)
 
 
 def client_for(port: int) -> QdrantGrpc:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
 import numpy as np
 from qdrant_client import grpc as pb
 
-from engine.config import config_from_dict
+from engine.embedded.process import EmbeddedProcess
 from engine.flow.source import dense_row, stored_vectors
 from engine.qdrant import values, wire
 from engine.qdrant.client import QdrantGrpc
+from tests.config_support import job_config
+from tests.integration.pipeline_support import client_for
 
 
 def seed_named(client: QdrantGrpc, name: str, payloads: dict, vectors: dict[str, int], *, old_of=None) -> None:
@@ -60,9 +66,20 @@ def strategy_config(port: int, tmp, *, strategy: str, source="src", target=None,
         "retry": {"max_attempts": 10, "base_delay_s": 0.05, "max_delay_s": 0.5, "deadline_s": 60},
         "dead_letter": {"dir": str(tmp / "runs")},
     }
-    if target is not None:
-        data["target"]["collection"] = target
-    for key, value in (extra or {}).items():
-        section, _, name = key.partition(".")
-        data.setdefault(section, {})[name] = value
-    return config_from_dict(data, env={})
+    return job_config(data, target, extra, sep=".")
+
+
+@contextmanager
+def seeded_endpoint(root: Path, version: str, seed: Callable[[QdrantGrpc], None]) -> Iterator[EmbeddedProcess]:
+    """An embedded endpoint emulating Qdrant `version`, its sources written by `seed` before it is handed out."""
+    with EmbeddedProcess(str(root), emulate_version=version) as proc:
+        client = client_for(proc.port)
+        seed(client)
+        client.close()
+        yield proc
+
+
+def has_text(payload: dict) -> bool:
+    """Whether a seeded point has a text the job embeds (make_payloads leaves some without, or blank)."""
+    text = payload.get("text")
+    return isinstance(text, str) and bool(text.strip())

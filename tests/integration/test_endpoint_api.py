@@ -13,27 +13,9 @@ from qdrant_client import QdrantClient, models
 from qdrant_client import grpc as pb
 
 from engine.embedded.server import MAX_MESSAGE_BYTES, EmbeddedServer
+from tests.integration.endpoint_support import grpc_client, rpc_error
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def endpoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(tmp_path_factory.mktemp("api")) as server:
-        yield server
-
-
-@pytest.fixture()
-def endpoint_client(endpoint_server: EmbeddedServer) -> Iterator[QdrantClient]:
-    client = QdrantClient(host="127.0.0.1", grpc_port=endpoint_server.port, prefer_grpc=True, check_compatibility=False)
-    yield client
-    client.close()
-
-
-def _rpc_error(call) -> grpc.RpcError:  # type: ignore[no-untyped-def]
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value
 
 
 def test_health_check_names_qdrant_edge_and_the_emulated_version(endpoint_client: QdrantClient) -> None:
@@ -53,7 +35,7 @@ def test_unknown_collection_is_not_found_everywhere(endpoint_client: QdrantClien
         lambda: endpoint_client.get_collection_aliases("nope"),
     ]
     for call in calls:
-        err = _rpc_error(call)
+        err = rpc_error(call)
         assert err.code() == grpc.StatusCode.NOT_FOUND
         assert err.details() == "Not found: Collection `nope` doesn't exist!"
     assert endpoint_client.collection_exists("nope") is False
@@ -69,13 +51,13 @@ def test_malformed_writes_are_invalid_argument_and_apply_nothing(endpoint_client
         (models.PointStruct(id=2, vector=[1.0] * 384), "Wrong input: Not existing vector name error: "),
     ]
     for bad_point, message in cases:
-        err = _rpc_error(lambda: endpoint_client.upsert("bad", [good, bad_point]))
+        err = rpc_error(lambda: endpoint_client.upsert("bad", [good, bad_point]))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.details() == message
     assert endpoint_client.count("bad").count == 0  # the good point in the same request was not applied
-    err = _rpc_error(lambda: endpoint_client.query_points("bad", query=[1.0, 2.0], using="dense"))
+    err = rpc_error(lambda: endpoint_client.query_points("bad", query=[1.0, 2.0], using="dense"))
     assert err.details() == "Wrong input: Vector dimension error: expected dim: 384, got 2"
-    err = _rpc_error(
+    err = rpc_error(
         lambda: endpoint_client.create_collection("bad", vectors_config=models.VectorParams(size=4, distance=models.Distance.DOT))
     )
     # lib/storage/src/content_manager/collections_ops.rs: StorageError::AlreadyExists, worded as bad input
@@ -141,19 +123,19 @@ def test_alias_actions_apply_one_by_one_and_are_checked(endpoint_client: QdrantC
     def create(collection: str, alias: str) -> models.CreateAliasOperation:
         return models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=collection, alias_name=alias))
 
-    err = _rpc_error(lambda: endpoint_client.update_collection_aliases(change_aliases_operations=[create("al_a", "first"), create("missing", "second")]))
+    err = rpc_error(lambda: endpoint_client.update_collection_aliases(change_aliases_operations=[create("al_a", "first"), create("missing", "second")]))
     assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "Not found: Collection `missing` doesn't exist!")
     assert [(a.alias_name, a.collection_name) for a in endpoint_client.get_aliases().aliases] == [("first", "al_a")]
     endpoint_client.update_collection_aliases(change_aliases_operations=[create("al_b", "first")])  # replaces it
     assert endpoint_client.get_collection_aliases("al_b").aliases[0].alias_name == "first"
     assert endpoint_client.get_collection_aliases("al_a").aliases == []
-    err = _rpc_error(lambda: endpoint_client.update_collection_aliases(change_aliases_operations=[create("al_a", "al_b")]))
+    err = rpc_error(lambda: endpoint_client.update_collection_aliases(change_aliases_operations=[create("al_a", "al_b")]))
     assert (err.code(), err.details()) == (grpc.StatusCode.ALREADY_EXISTS, "Wrong input: Collection `al_b` already exists!")
     rename = models.RenameAliasOperation(rename_alias=models.RenameAlias(old_alias_name="ghost", new_alias_name="x"))
-    err = _rpc_error(lambda: endpoint_client.update_collection_aliases(change_aliases_operations=[rename]))
+    err = rpc_error(lambda: endpoint_client.update_collection_aliases(change_aliases_operations=[rename]))
     assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "Not found: Alias ghost does not exists!")
     endpoint_client.update_collection_aliases(change_aliases_operations=[create("al_a", "al_live")])
-    err = _rpc_error(
+    err = rpc_error(
         lambda: endpoint_client.create_collection("al_live", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
     )
     # toc/create_collection.rs: an alias of that name is bad input (INVALID_ARGUMENT), not ALREADY_EXISTS
@@ -196,7 +178,7 @@ def test_requests_over_64_mib_are_accepted(endpoint_server: EmbeddedServer) -> N
 @pytest.fixture(scope="module")
 def endpoint_old(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QdrantClient]:
     with EmbeddedServer(tmp_path_factory.mktemp("old"), emulate_version="1.16") as server:
-        client = QdrantClient(host="127.0.0.1", grpc_port=server.port, prefer_grpc=True, check_compatibility=False)
+        client = grpc_client(server.port)
         yield client
         client.close()
 
@@ -205,12 +187,12 @@ def test_old_version_lacks_vector_name_rpcs(endpoint_old: QdrantClient) -> None:
     assert endpoint_old.info().version == "1.16.0"
     endpoint_old.create_collection("v", vectors_config={"a": models.VectorParams(size=2, distance=models.Distance.DOT)}, metadata={"m": 1})
     config = models.DenseVectorNameConfig(dense=models.DenseVectorConfig(size=2, distance=models.Distance.DOT))
-    err = _rpc_error(lambda: endpoint_old.create_vector_name("v", "b", config))
+    err = rpc_error(lambda: endpoint_old.create_vector_name("v", "b", config))
     assert err.code() == grpc.StatusCode.UNIMPLEMENTED
-    err = _rpc_error(lambda: endpoint_old.delete_vector_name("v", "a"))
+    err = rpc_error(lambda: endpoint_old.delete_vector_name("v", "a"))
     assert err.code() == grpc.StatusCode.UNIMPLEMENTED
     # Collections.ListShardKeys appeared in 1.17 (lib/api/src/grpc/proto/collections_service.proto)
-    err = _rpc_error(lambda: endpoint_old.grpc_collections.ListShardKeys(pb.ListShardKeysRequest(collection_name="v")))
+    err = rpc_error(lambda: endpoint_old.grpc_collections.ListShardKeys(pb.ListShardKeysRequest(collection_name="v")))
     assert err.code() == grpc.StatusCode.UNIMPLEMENTED
     assert endpoint_old.get_collection("v").config.metadata == {"m": 1}  # metadata exists since 1.16
 
@@ -277,15 +259,15 @@ def test_concurrent_writers_readers_and_schema_changes(endpoint_server: Embedded
 
 def test_unsupported_features_are_refused_plainly(endpoint_client: QdrantClient) -> None:
     suffix = ": not supported by the embedded endpoint (qdrant-edge); use a Qdrant server"
-    err = _rpc_error(lambda: endpoint_client.create_collection("novec"))
+    err = rpc_error(lambda: endpoint_client.create_collection("novec"))
     assert (err.code(), err.details()) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "Bad request: a collection without any dense or sparse vector" + suffix,
     )
     endpoint_client.create_collection("unsup", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
     formula = models.FormulaQuery(formula=models.SumExpression(sum=["$score", 1.0]))
-    err = _rpc_error(lambda: endpoint_client.query_points("unsup", query=formula))
+    err = rpc_error(lambda: endpoint_client.query_points("unsup", query=formula))
     assert err.details() == "Bad request: `formula` queries" + suffix
     move = pb.UpdateCollectionClusterSetupRequest(collection_name="unsup", move_shard=pb.MoveShard(shard_id=0, from_peer_id=0, to_peer_id=1))
-    err = _rpc_error(lambda: endpoint_client.grpc_collections.UpdateCollectionClusterSetup(move))
+    err = rpc_error(lambda: endpoint_client.grpc_collections.UpdateCollectionClusterSetup(move))
     assert err.details() == "Bad request: cluster setup operation `move_shard` (one peer, every shard local)" + suffix

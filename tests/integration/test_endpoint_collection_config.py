@@ -12,6 +12,7 @@ from qdrant_client import grpc as pb
 
 from engine.embedded.indexing import IndexBuild, needs_rebuild
 from engine.embedded.server import EmbeddedServer
+from tests.integration.endpoint_support import grpc_client
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +24,6 @@ SLOW_INDEXING_S_PER_POINT = 10.0
 def endpoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
     with EmbeddedServer(tmp_path_factory.mktemp("config"), index_seconds_per_point=SLOW_INDEXING_S_PER_POINT) as server:
         yield server
-
-
-@pytest.fixture()
-def endpoint_client(endpoint_server: EmbeddedServer) -> Iterator[QdrantClient]:
-    client = QdrantClient(host="127.0.0.1", grpc_port=endpoint_server.port, prefer_grpc=True, check_compatibility=False)
-    yield client
-    client.close()
 
 
 def _create_everything(client: QdrantClient, name: str) -> None:
@@ -168,13 +162,13 @@ def test_only_index_changes_start_a_build() -> None:
 def test_yellow_is_kept_in_memory_only(tmp_path: Path) -> None:
     """A restarted server has no build running: the status is Green (qdrant-edge builds no index itself)."""
     with EmbeddedServer(tmp_path, index_seconds_per_point=SLOW_INDEXING_S_PER_POINT) as server:
-        client = QdrantClient(host="127.0.0.1", grpc_port=server.port, prefer_grpc=True, check_compatibility=False)
+        client = grpc_client(server.port)
         client.create_collection("r", vectors_config=models.VectorParams(size=64, distance=models.Distance.DOT), optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0))
         client.upsert("r", [models.PointStruct(id=i, vector=[1.0] * 64) for i in range(100)])
         client.update_collection("r", optimizers_config=models.OptimizersConfigDiff(indexing_threshold=1))
         assert client.get_collection("r").status == models.CollectionStatus.YELLOW
         client.close()
     with EmbeddedServer(tmp_path) as server:
-        client = QdrantClient(host="127.0.0.1", grpc_port=server.port, prefer_grpc=True, check_compatibility=False)
+        client = grpc_client(server.port)
         assert client.get_collection("r").status == models.CollectionStatus.GREEN
         client.close()

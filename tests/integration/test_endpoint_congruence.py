@@ -6,38 +6,17 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
 from qdrant_client import QdrantClient, models
 
-from engine.embedded.server import EmbeddedServer
+from tests.integration.endpoint_support import both
 
 pytestmark = pytest.mark.integration
 
 DIM = 4
-
-
-@pytest.fixture(scope="module")
-def endpoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(tmp_path_factory.mktemp("endpoint")) as server:
-        yield server
-
-
-@pytest.fixture()
-def endpoint_pair(endpoint_server: EmbeddedServer, request: pytest.FixtureRequest) -> Iterator[tuple[QdrantClient, QdrantClient, str]]:
-    remote = QdrantClient(host="127.0.0.1", grpc_port=endpoint_server.port, prefer_grpc=True, check_compatibility=False)
-    local = QdrantClient(":memory:")
-    name = f"c_{request.node.name}".replace("[", "_").replace("]", "").replace("-", "_")[:60]
-    yield remote, local, name
-    remote.close()
-    local.close()
-
-
-def both(pair: tuple[QdrantClient, QdrantClient, str], ops: Callable[[QdrantClient, str], Any]) -> tuple[Any, Any]:
-    remote, local, name = pair
-    return ops(remote, name), ops(local, name)
 
 
 def vec(seed: int) -> list[float]:

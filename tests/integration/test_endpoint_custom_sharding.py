@@ -4,7 +4,7 @@ they name, and the keys listed as Qdrant lists them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -12,27 +12,9 @@ from qdrant_client import QdrantClient, models
 from qdrant_client import grpc as pb
 
 from engine.embedded.server import EmbeddedServer
+from tests.integration.endpoint_support import grpc_client, rpc_error
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def endpoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(tmp_path_factory.mktemp("custom")) as server:
-        yield server
-
-
-@pytest.fixture()
-def endpoint_client(endpoint_server: EmbeddedServer) -> Iterator[QdrantClient]:
-    client = QdrantClient(host="127.0.0.1", grpc_port=endpoint_server.port, prefer_grpc=True, check_compatibility=False)
-    yield client
-    client.close()
-
-
-def _rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value
 
 
 def _custom(client: QdrantClient, name: str, keys: dict[Any, int]) -> None:
@@ -63,9 +45,9 @@ def test_every_write_must_name_a_shard_key(endpoint_client: QdrantClient) -> Non
         lambda **kw: endpoint_client.set_payload("w", payload={"x": 1}, points=[1], **kw),
     ]
     for write in writes:
-        err = _rpc_error(write)
+        err = rpc_error(write)
         assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Wrong input: Shard key not specified")
-        err = _rpc_error(lambda: write(shard_key_selector="nope"))
+        err = rpc_error(lambda: write(shard_key_selector="nope"))
         assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, 'Wrong input: Shard key "nope" not found')
     endpoint_client.upsert("w", [_point(1)], shard_key_selector="a")
     assert endpoint_client.count("w").count == 1
@@ -82,12 +64,12 @@ def test_shard_keys_get_shards_of_their_own_and_are_listed(endpoint_client: Qdra
     assert info.shard_count == 3
     assert [d.key for d in endpoint_client.list_shard_keys("k").shard_keys] == ["a", 7]  # type: ignore[union-attr]
 
-    err = _rpc_error(lambda: endpoint_client.create_shard_key("k", "a"))
+    err = rpc_error(lambda: endpoint_client.create_shard_key("k", "a"))
     assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, 'Bad request: Sharding key "a" already exists for collection k')
-    err = _rpc_error(lambda: endpoint_client.delete_shard_key("k", "zz"))
+    err = rpc_error(lambda: endpoint_client.delete_shard_key("k", "zz"))
     assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, 'Bad request: Sharding key "zz" does not exist for collection k')
     endpoint_client.create_collection("auto", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
-    err = _rpc_error(lambda: endpoint_client.create_shard_key("auto", "a"))
+    err = rpc_error(lambda: endpoint_client.create_shard_key("auto", "a"))
     assert err.details() == "Bad request: Shard Key cannot be created with Auto sharding method"
     assert endpoint_client.list_shard_keys("auto").shard_keys in (None, [])
 
@@ -118,7 +100,7 @@ def test_reads_reach_only_the_keys_they_name(endpoint_server: EmbeddedServer, en
     hits = endpoint_client.query_points("r", query=[0.0, 1.0], limit=3, shard_key_selector="b").points
     assert [h.id for h in hits] == [24, 23, 22]
     assert [r.id for r in endpoint_client.retrieve("r", [0, 20], shard_key_selector="a")] == [0]
-    err = _rpc_error(lambda: endpoint_client.count("r", shard_key_selector="zz"))
+    err = rpc_error(lambda: endpoint_client.count("r", shard_key_selector="zz"))
     assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, 'Bad request: Shard key "zz" not found')
 
     def count_with_fallback(target: str, fallback: str) -> int:
@@ -146,19 +128,19 @@ def test_payload_indexes_are_built_on_the_shards_of_a_new_key(endpoint_client: Q
 
 def test_auto_sharded_writes_cannot_name_a_key(endpoint_client: QdrantClient) -> None:
     endpoint_client.create_collection("plain", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT), shard_number=2)
-    err = _rpc_error(lambda: endpoint_client.upsert("plain", [_point(1)], shard_key_selector="a"))
+    err = rpc_error(lambda: endpoint_client.upsert("plain", [_point(1)], shard_key_selector="a"))
     assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, 'Wrong input: Shard key "a" not found')
 
 
 def test_shard_keys_survive_a_restart(tmp_path: Path) -> None:
     with EmbeddedServer(tmp_path) as server:
-        client = QdrantClient(host="127.0.0.1", grpc_port=server.port, prefer_grpc=True, check_compatibility=False)
+        client = grpc_client(server.port)
         _custom(client, "kept", {"a": 0, 5: 1})
         client.upsert("kept", [_point(i) for i in range(6)], shard_key_selector="a")
         client.upsert("kept", [_point(i) for i in range(3)], shard_key_selector=5)
         client.close()
     with EmbeddedServer(tmp_path) as server:
-        client = QdrantClient(host="127.0.0.1", grpc_port=server.port, prefer_grpc=True, check_compatibility=False)
+        client = grpc_client(server.port)
         assert [d.key for d in client.list_shard_keys("kept").shard_keys] == ["a", 5]  # type: ignore[union-attr]
         assert client.count("kept", shard_key_selector="a").count == 6 and client.count("kept").count == 9
         client.upsert("kept", [_point(9)], shard_key_selector=5)  # the ring of key 5 is back

@@ -4,7 +4,7 @@ gRPC answers them (MultiDenseVector in and out), congruent with qdrant-client's 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -13,31 +13,12 @@ from qdrant_client import grpc as pb
 
 from engine.embedded.hash_ring import HashRing
 from engine.embedded.server import EmbeddedServer
+from tests.integration.endpoint_support import both
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:Local mode performs exact")]
 
 DIM = 4
 MAXSIM = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
-
-
-@pytest.fixture(scope="module")
-def endpoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(tmp_path_factory.mktemp("multivector")) as server:
-        yield server
-
-
-@pytest.fixture()
-def endpoint_pair(endpoint_server: EmbeddedServer, request: pytest.FixtureRequest) -> Iterator[tuple[QdrantClient, QdrantClient, str]]:
-    remote = QdrantClient(host="127.0.0.1", grpc_port=endpoint_server.port, prefer_grpc=True, check_compatibility=False)
-    local = QdrantClient(":memory:")
-    yield remote, local, f"c_{request.node.name}".replace("[", "_").replace("]", "")[:60]
-    remote.close()
-    local.close()
-
-
-def both(pair: tuple[QdrantClient, QdrantClient, str], ops: Callable[[QdrantClient, str], Any]) -> tuple[Any, Any]:
-    remote, local, name = pair
-    return ops(remote, name), ops(local, name)
 
 
 def vec(seed: float) -> list[float]:

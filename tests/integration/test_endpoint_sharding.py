@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -18,23 +18,11 @@ from engine.embedded.hash_ring import HashRing, point_id_hashes, siphash24
 from engine.embedded.process import EmbeddedProcess
 from engine.embedded.server import EmbeddedServer
 from engine.embedded.storage_reads import StorageReads
+from tests.integration.endpoint_support import both, grpc_client
 
 pytestmark = pytest.mark.integration
 
 DIM = 4
-
-
-@pytest.fixture(scope="module")
-def endpoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(tmp_path_factory.mktemp("sharding")) as server:
-        yield server
-
-
-@pytest.fixture()
-def endpoint_client(endpoint_server: EmbeddedServer) -> Iterator[QdrantClient]:
-    client = QdrantClient(host="127.0.0.1", grpc_port=endpoint_server.port, prefer_grpc=True, check_compatibility=False)
-    yield client
-    client.close()
 
 
 def vec(seed: int) -> list[float]:
@@ -113,20 +101,6 @@ def test_points_live_in_the_shard_the_ring_names(endpoint_server: EmbeddedServer
     info = endpoint_client.grpc_collections.CollectionClusterInfo(pb.CollectionClusterInfoRequest(collection_name="routed"))
     assert info.shard_count == 3
     assert {s.shard_id: s.points_count for s in info.local_shards} == {k: len(v) for k, v in stored.items()}
-
-
-@pytest.fixture()
-def endpoint_pair(endpoint_server: EmbeddedServer, request: pytest.FixtureRequest) -> Iterator[tuple[QdrantClient, QdrantClient, str]]:
-    remote = QdrantClient(host="127.0.0.1", grpc_port=endpoint_server.port, prefer_grpc=True, check_compatibility=False)
-    local = QdrantClient(":memory:")
-    yield remote, local, f"c_{request.node.name}"[:60]
-    remote.close()
-    local.close()
-
-
-def both(pair: tuple[QdrantClient, QdrantClient, str], ops: Callable[[QdrantClient, str], Any]) -> tuple[Any, Any]:
-    remote, local, name = pair
-    return ops(remote, name), ops(local, name)
 
 
 @pytest.mark.filterwarnings("ignore:Local mode performs exact", "ignore:Payload indexes have no effect")
@@ -229,13 +203,13 @@ def test_update_vectors_of_a_missing_point_reports_the_shards_that_failed(endpoi
 
 def test_shards_survive_a_restart(tmp_path: Path) -> None:
     with EmbeddedServer(tmp_path) as server:
-        client = QdrantClient(host="127.0.0.1", grpc_port=server.port, prefer_grpc=True, check_compatibility=False)
+        client = grpc_client(server.port)
         client.create_collection("kept", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.DOT), shard_number=3)
         client.upsert("kept", [models.PointStruct(id=i, vector=vec(i)) for i in range(60)])
         before = _shard_ids(server, "kept")
         client.close()
     with EmbeddedServer(tmp_path) as server:
-        client = QdrantClient(host="127.0.0.1", grpc_port=server.port, prefer_grpc=True, check_compatibility=False)
+        client = grpc_client(server.port)
         assert _shard_ids(server, "kept") == before
         assert client.count("kept").count == 60 and client.get_collection("kept").config.params.shard_number == 3
         client.close()
@@ -244,7 +218,7 @@ def test_shards_survive_a_restart(tmp_path: Path) -> None:
 def test_a_child_process_writes_its_storage_reads_to_the_stats_file(tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
     with EmbeddedProcess(tmp_path / "data", stats_file=stats) as proc:
-        client = QdrantClient(host="127.0.0.1", grpc_port=proc.port, prefer_grpc=True, check_compatibility=False)
+        client = grpc_client(proc.port)
         client.create_collection("s", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.DOT), shard_number=2)
         client.upsert("s", [models.PointStruct(id=i, vector=vec(i)) for i in range(50)])
         client.scroll("s", limit=5, with_payload=False)

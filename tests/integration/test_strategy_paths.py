@@ -14,11 +14,10 @@ from engine.app import job as jobs
 from engine.app import wiring
 from engine.app.verify_job import run_verify
 from engine.embed import build_embedder
-from engine.embedded.process import EmbeddedProcess
 from engine.errors import PreconditionError, ReembedError
 from engine.migration.cutover import cleanup, drop_vector, swap
 from tests.integration.pipeline_support import client_for, make_payloads, seed_collection
-from tests.integration.strategy_support import dense, read_all, seed_named, strategy_config
+from tests.integration.strategy_support import dense, has_text, read_all, seed_named, seeded_endpoint, strategy_config
 
 pytestmark = pytest.mark.integration
 N = 300
@@ -34,30 +33,25 @@ def payloads():
     return make_payloads(N, seed=5)
 
 
-@pytest.fixture(scope="module")
-def new_server(tmp_path_factory, ray_local, payloads):
-    with EmbeddedProcess(str(tmp_path_factory.mktemp("q118")), emulate_version="1.18.0") as proc:
-        c = client_for(proc.port)
-        for name in ("named", "named_b", "named_c", "named_d"):
+def _sources(payloads, named=("named",)):
+    """Seeds named dense vectors (old, image) under each of `named`, and the unnamed collection."""
+    def seed(c):
+        for name in named:
             seed_named(c, name, payloads, {"old": 16, "image": 4})
         seed_collection(c, "unnamed", payloads, dim=8)
-        c.close()
+    return seed
+
+
+@pytest.fixture(scope="module")
+def new_server(tmp_path_factory, ray_local, payloads):
+    with seeded_endpoint(tmp_path_factory.mktemp("q118"), "1.18.0", _sources(payloads, ("named", "named_b", "named_c", "named_d"))) as proc:
         yield proc
 
 
 @pytest.fixture(scope="module")
 def old_server(tmp_path_factory, ray_local, payloads):
-    with EmbeddedProcess(str(tmp_path_factory.mktemp("q116")), emulate_version="1.16.0") as proc:
-        c = client_for(proc.port)
-        seed_named(c, "named", payloads, {"old": 16, "image": 4})
-        seed_collection(c, "unnamed", payloads, dim=8)
-        c.close()
+    with seeded_endpoint(tmp_path_factory.mktemp("q116"), "1.16.0", _sources(payloads)) as proc:
         yield proc
-
-
-def _has_text(payload):
-    t = payload.get("text")
-    return isinstance(t, str) and bool(t.strip())
 
 
 def _assert_untouched(before, after, keep=("old", "image")):
@@ -72,7 +66,7 @@ def _assert_untouched(before, after, keep=("old", "image")):
 
 def _assert_new_dense(points, payloads, name="dense"):
     for pid, (payload, vecs) in points.items():
-        if _has_text(payloads[pid]):
+        if has_text(payloads[pid]):
             got = dense(vecs[name])
             want = EMB.embed([payloads[pid]["text"]])[0]
             assert float(_unit(got) @ _unit(want)) > 0.999, pid
@@ -87,7 +81,7 @@ def test_in_place_adds_vector_leaves_the_rest_and_drops_old(new_server, payloads
                           extra={"source.vector_name": "old"})
     out = jobs.run_job(cfg, progress=False)
     assert out["layout"] == "in_place" and out["target"] == "named"
-    texts = sum(_has_text(p) for p in payloads.values())
+    texts = sum(has_text(p) for p in payloads.values())
     assert out["points_written"] == texts and out["points_skipped"] == N - texts
     after = read_all(c, "named")
     _assert_untouched(before, after)
@@ -186,7 +180,7 @@ def test_new_collection_into_one_unnamed_vector(old_server, payloads, tmp_path):
     cfg = strategy_config(old_server.port, tmp_path, strategy="new_collection", source="unnamed", target="flat",
                           vector_name=None, extra={"target.alias": "flat_live"})
     out = jobs.run_job(cfg, progress=False)
-    texts = {pid for pid, p in payloads.items() if _has_text(p)}
+    texts = {pid for pid, p in payloads.items() if has_text(p)}
     assert out["layout"] == "new_collection" and out["points_written"] == len(texts)
     vc = c.collection_info("flat").config.params.vectors_config
     assert vc.HasField("params") and vc.params.size == EMB.dim and not vc.HasField("params_map")
@@ -203,7 +197,7 @@ def test_new_collection_into_one_unnamed_vector(old_server, payloads, tmp_path):
 
 def _assert_bm25(points, payloads, name="bm25"):
     for pid, (payload, vecs) in points.items():
-        if _has_text(payloads[pid]):
+        if has_text(payloads[pid]):
             assert vecs[name].HasField("sparse") and len(vecs[name].sparse.indices) > 0, pid
         else:
             assert name not in vecs
@@ -241,7 +235,7 @@ def test_external_parquet_text(new_server, payloads, tmp_path):
     c = client_for(new_server.port)
     bare = {pid: {"title": p["title"]} for pid, p in payloads.items()}  # a collection that stores no text
     seed_named(c, "bare", bare, {"old": 16})
-    texts = {pid: p["text"] for pid, p in payloads.items() if _has_text(p)}
+    texts = {pid: p["text"] for pid, p in payloads.items() if has_text(p)}
     rows = [(str(pid), t) for pid, t in texts.items()][:-5]  # five points have no row at all
     pq.write_table(pa.table({"pid": [r[0] for r in rows], "body": [r[1] for r in rows]}), tmp_path / "texts.parquet")
     cfg = strategy_config(new_server.port, tmp_path, strategy="in_place", source="bare", extra={
@@ -276,7 +270,7 @@ def test_shortcut_linear_map_new_collection_old_server(old_server, payloads, tmp
     a = np.random.default_rng(7).standard_normal((32, 40)).astype(np.float32)
 
     def old_of(pid, payload):
-        text = payload.get("text") if _has_text(payload) else f"no text {pid}"
+        text = payload.get("text") if has_text(payload) else f"no text {pid}"
         return _unit(EMB.embed([text])[0] @ a)
 
     c = client_for(old_server.port)
@@ -291,7 +285,7 @@ def test_shortcut_linear_map_new_collection_old_server(old_server, payloads, tmp
     out = jobs.run_job(cfg, progress=False)
     assert out["points_written"] == N
     for pid, (_, vecs) in read_all(c, "mapped_dst").items():
-        if _has_text(payloads[pid]):
+        if has_text(payloads[pid]):
             want = EMB.embed([payloads[pid]["text"]])[0]
             assert float(_unit(dense(vecs["dense"])) @ _unit(want)) > 0.98, pid
     c.close()

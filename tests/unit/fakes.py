@@ -68,3 +68,13 @@ class LenEmbedder:
 
     def embed(self, texts):
         return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+
+class Clock:
+    """A clock the test moves by hand (`clock.t += 5`), where the code under test takes time.monotonic."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t

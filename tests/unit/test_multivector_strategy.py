@@ -9,12 +9,12 @@ import pytest
 from qdrant_client import grpc as pb
 
 from engine import tunables
-from engine.config import config_from_dict
 from engine.embedded import schema as endpoint_schema
 from engine.errors import PreconditionError
 from engine.flow.state import Decision, JobState, OnDiskOverride
 from engine.migration import cutover, strategies
 from engine.qdrant.client import ServerInfo
+from tests.config_support import job_config
 
 V16, V18 = ServerInfo("qdrant", "1.16.0"), ServerInfo("qdrant", "1.18.0")
 MAXSIM = pb.MultiVectorConfig(comparator=pb.MultiVectorComparator.MaxSim)
@@ -23,12 +23,7 @@ MAXSIM = pb.MultiVectorConfig(comparator=pb.MultiVectorComparator.MaxSim)
 def cfg(strategy: str, target: str | None = None, **extra):
     data: dict = {"source": {"collection": "docs", "text_field": "text"}, "strategy": strategy,
                   "target": {"vector_name": "colbert"}, "model": {"name": "/models/colbert", "kind": "late_interaction"}}
-    if target:
-        data["target"]["collection"] = target
-    for key, value in extra.items():
-        section, name = key.split("__")
-        data.setdefault(section, {})[name] = value
-    return config_from_dict(data, env={})
+    return job_config(data, target, extra)
 
 
 def source_info() -> pb.CollectionInfo:

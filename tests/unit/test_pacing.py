@@ -19,17 +19,10 @@ from qdrant_client import grpc as pb
 from engine.config import config_from_dict
 from engine.qdrant.pacing import PacingSettings, SearchProbe, Slot, TokenBucket, WriteController, split_rate
 from engine.qdrant.retry import RetryEvent
+from tests.unit.fakes import Clock
 from tests.unit.test_retry import FakeRpcError
 
 BATCH = 256
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class QdrantRateLimiter:

@@ -15,6 +15,7 @@ from engine import tunables
 from engine.config import config_from_dict
 from engine.errors import ConfigError, QdrantRequestError, QdrantUnavailable
 from engine.qdrant import retry
+from tests.unit.fakes import Clock
 from tests.unit.test_retry import FakeRpcError
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -22,14 +23,6 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 # The cluster config's numbers: with these, max_attempts alone ended the job after about a minute of outage.
 POLICY = retry.RetryPolicy(max_attempts=10, base_delay_s=0.5, max_delay_s=30.0, deadline_s=900.0,
                            outage_budget_s=900.0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Server:
@@ -51,7 +44,7 @@ class Server:
 
 def run(outcomes, policy=POLICY, rpc_s=0.0, stats=None, on_retry=None, watch=None, announce=None):
     """call() over a simulated server; returns (result or raised error, server, sleeps, clock)."""
-    clock = Clock()
+    clock = Clock(1000.0)
     server = Server(clock, outcomes, rpc_s)
     sleeps: list[float] = []
 
@@ -188,7 +181,7 @@ def test_on_retry_hears_each_failure_with_the_servers_hint():
 def test_the_asyncio_twin_decides_the_same():
     outcomes = [FakeRpcError(UNAVAILABLE)] * 30 + [FakeRpcError(EXHAUSTED, trailers=(("retry-after", "1"),))] + ["ok"]
     sync_result, sync_server, sync_sleeps, sync_clock = run(outcomes)
-    clock = Clock()
+    clock = Clock(1000.0)
     server = Server(clock, outcomes)
     sleeps: list[float] = []
 

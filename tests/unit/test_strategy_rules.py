@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from qdrant_client import grpc as pb
 
-from engine.config import config_from_dict
 from engine.embed.vectorize import build_vectorizer
 from engine.embed.vectorset import VectorSet
 from engine.errors import ConfigError, PreconditionError
@@ -15,6 +14,7 @@ from engine.flow.page import PageBody
 from engine.flow.sink import QdrantSink, SinkSpec
 from engine.migration import shortcuts, strategies
 from engine.qdrant.client import ServerInfo
+from tests.config_support import job_config
 
 
 def schema(named=True, sparse=()):
@@ -26,12 +26,7 @@ def schema(named=True, sparse=()):
 def cfg(strategy, target=None, **extra):
     data = {"source": {"collection": "docs"}, "strategy": strategy,
             "target": {} if strategy == "hybrid" else {"vector_name": "dense"}}
-    if target:
-        data["target"]["collection"] = target
-    for key, value in extra.items():
-        section, name = key.split("__")
-        data.setdefault(section, {})[name] = value
-    return config_from_dict(data, env={})
+    return job_config(data, target, extra)
 
 
 V16, V17, V18 = ServerInfo("qdrant", "1.16.0"), ServerInfo("qdrant", "1.17.1"), ServerInfo("qdrant", "v1.18.0")
