@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration chaos cluster bench clean
+.PHONY: install demo test lint test-unit test-integration chaos cluster mutation bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3"; exit 2; }
@@ -26,9 +26,23 @@ demo: install
 
 # The unit tier runs in a process of its own, where Ray is never imported (its conftest blocks it); then the tiers
 # that run Ray: integration (the embedded endpoint), chaos (kills and faults), cluster (several Ray nodes here).
-test: install
+# The cluster tier and the two-minute Qdrant outage test spend their time waiting (jobs paced to outlast a node
+# joining; the endpoint down while the job's retries sleep), so they run in a second process beside the integration
+# and chaos tiers instead of adding ~5 minutes of mostly idle wall time. Their output is printed after the main run;
+# either run failing fails the target.
+SIDE_TESTS := tests/chaos/test_qdrant_outage.py tests/cluster
+test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/chaos tests/cluster
+	@mkdir -p build
+	@$(PY) -m pytest -q -p no:cacheprovider $(SIDE_TESTS) > build/side-tests.log 2>&1 & side=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/chaos --deselect tests/chaos/test_qdrant_outage.py; \
+	main=$$?; wait $$side; side_rc=$$?; echo "--- $(SIDE_TESTS) (ran beside the tiers above):"; \
+	cat build/side-tests.log; [ $$main -eq 0 ] && [ $$side_rc -eq 0 ]
+
+# ruff (style, import order, likely bugs) and mypy (types), both configured in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check engine actors tests bench scripts
+	$(VENV)/bin/mypy
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
@@ -41,6 +55,61 @@ test-integration: install
 
 chaos: install
 	$(PY) -m pytest -q tests/chaos
+
+# Mutation testing of the safety-critical code (docs/mutation.md), not part of `make test`. mutmut (setup.cfg [mutmut])
+# works in a copy of the tree under build/, so the work tree is never mutated; it runs, for each mutant, only the
+# fast tests that reached the mutated function. MUTANTS (name globs, quoted for the shell) are the safety-critical
+# functions docs/mutation.md lists; narrow a run with make mutation MUTANTS="'engine.flow.lease.*'".
+# Three children on two cores: the flow's tests spend much of their time waiting on lane threads, not computing.
+MUTATION_DIR ?= build/mutation
+MUTATION_TIMEOUT_S ?= 1800
+MUTATION_CHILDREN ?= 3
+MUTANTS ?= \
+	'engine.flow.lease.x_before*' 'engine.flow.lease.xǁLeaseCursorǁ*' \
+	'engine.flow.lane.xǁLaneLoopǁsplit*' 'engine.flow.lane.xǁLaneLoopǁ_submit*' \
+	'engine.flow.lane.xǁLaneLoopǁ_waiting_commit*' 'engine.flow.lane.xǁLaneLoopǁ_on_*' \
+	'engine.flow.lane.xǁLaneLoopǁ_redo*' 'engine.flow.lane.xǁLaneLoopǁreport*' \
+	'engine.flow.checkpoint.x_fingerprint*' 'engine.flow.checkpoint.x_check_resume*' \
+	'engine.flow.checkpoint.xǁBackgroundSaverǁsubmit*' 'engine.flow.checkpoint.xǁBackgroundSaverǁ_r*' \
+	'engine.flow.checkpoint.xǁBackgroundSaverǁflush*' \
+	'engine.flow.checkpoint.xǁQdrantCheckpointStoreǁload*' 'engine.flow.checkpoint.xǁQdrantCheckpointStoreǁsave*' \
+	'engine.flow.checkpoint.xǁQdrantCheckpointStoreǁ_job_points*' \
+	'engine.flow.checkpoint.xǁUriCheckpointStoreǁload*' 'engine.flow.checkpoint.xǁUriCheckpointStoreǁsave*' \
+	'engine.flow.sink.xǁQdrantSinkǁ_encode*' 'engine.flow.sink.xǁQdrantSinkǁ_request*' \
+	'engine.flow.sink.xǁQdrantSinkǁ_send*' 'engine.flow.sink.xǁQdrantSinkǁwrite*' \
+	'engine.flow.source.x__cut*' 'engine.flow.source.xǁQdrantSourceǁ_scroll_range*' \
+	'engine.flow.source.xǁQdrantSourceǁ_ids*' \
+	'engine.app.job.x_fingerprint_parts*' 'engine.app.job.x__v1_decision*' \
+	'engine.qdrant.retry.x_translate*' 'engine.qdrant.retry.x__too_large*' 'engine.qdrant.retry.x_status_of*' \
+	'engine.qdrant.retry.x_details_of*' 'engine.qdrant.retry.xǁ_Attemptsǁdelay_or_raise*' \
+	'engine.qdrant.retry.xǁ_Attemptsǁ__exit__*' \
+	'engine.migration.cutover.x_verify_gate*' 'engine.migration.cutover.x__finished_state*' \
+	'engine.verify.count_parity.x_count_shard*' 'engine.verify.count_parity.x_parity_check*' \
+	'engine.verify.count_parity.x__absent_ok*' \
+	'engine.verify.sampled.x_ids_present*' 'engine.verify.sampled.x_payload_equality*' \
+	'engine.verify.sampled.x_vectors_valid*' 'engine.verify.sampled.x_vectors_recomputed*' \
+	'engine.verify.sampled.x_dead_letters_listed*' 'engine.verify.sampled.x_copies_equal*' \
+	'engine.verify.sampled.x__recompute_difference*' 'engine.verify.sampled.x__problem*' \
+	'engine.verify.vectors.x_vector_problem*' 'engine.verify.vectors.x_multi_problem*' \
+	'engine.verify.vectors.x_copy_difference*' \
+	'engine.verify.dead_letters.x_dead_letter_summary*'
+MUTMUT := $(abspath $(VENV))/bin/mutmut
+.PHONY: mutation
+mutation: install
+	$(PY) -m pip install -q -e ".[mutation]"
+	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
+	cp -r engine actors configs tests pyproject.toml setup.cfg $(MUTATION_DIR)/
+	find $(MUTATION_DIR) -name __pycache__ -prune -exec rm -rf {} +
+	cd $(MUTATION_DIR) && { timeout $(MUTATION_TIMEOUT_S) $(MUTMUT) run --max-children $(MUTATION_CHILDREN) \
+		$(MUTANTS) > mutmut.log 2>&1; echo $$? > run.rc; }
+	cd $(MUTATION_DIR) && $(MUTMUT) results --all true > results.txt
+	@awk -F': ' '$$2 != "" && $$2 != "not checked" {n[$$2]++} END { \
+		for (s in n) printf "%-12s %d\n", s, n[s]; \
+		d = n["killed"] + n["timeout"]; t = d + n["survived"] + n["no tests"] + n["suspicious"]; \
+		if (t) printf "score        %.1f%% (%d of %d detected)\n", 100 * d / t, d, t }' $(MUTATION_DIR)/results.txt
+	@echo "survivors: grep -v killed $(MUTATION_DIR)/results.txt; a diff: cd $(MUTATION_DIR) && $(MUTMUT) show NAME"
+	@rc=$$(cat $(MUTATION_DIR)/run.rc); if [ "$$rc" != 0 ]; then echo "mutmut ended with $$rc (124: over \
+		$(MUTATION_TIMEOUT_S) s, mutants left 'not checked'); see $(MUTATION_DIR)/mutmut.log"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) demo-data reembed-runs .pytest_cache

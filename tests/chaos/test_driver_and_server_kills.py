@@ -15,8 +15,13 @@ import pytest
 import yaml
 
 from engine.embedded.process import EmbeddedProcess
-from engine.flow.checkpoint import QdrantCheckpointStore
-from tests.integration.pipeline_support import assert_exact, client_for, make_payloads, seed_collection
+from tests.integration.pipeline_support import (
+    assert_exact,
+    client_for,
+    committed_points,
+    make_payloads,
+    seed_collection,
+)
 
 pytestmark = pytest.mark.chaos
 N = 3000
@@ -61,17 +66,6 @@ def _kill_session(proc: subprocess.Popen) -> None:
         pass
 
 
-def _committed(port: int, job_id: str) -> int:
-    client = client_for(port)
-    try:
-        state = QdrantCheckpointStore(client, "_reembed").load(job_id)
-        return 0 if state is None else state.written + state.skipped
-    except Exception:  # noqa: BLE001 - the checkpoint collection may not exist yet
-        return 0
-    finally:
-        client.close()
-
-
 def _job_id(config: Path) -> str:
     from engine.app.wiring import job_id_of
     from engine.config import load_config
@@ -88,18 +82,18 @@ def test_driver_sigkilled_three_times_then_resumed(tmp_path):
         redone = []
         stalls = []  # resubmit -> first new commit: Ray, the lanes and their model started again (reported only)
         for kill in range(3):
-            before = _committed(server.port, job_id)
+            before = committed_points(server.port, job_id)
             proc = _start(config)
             t0 = time.monotonic()
             deadline = t0 + 120
-            while (now := _committed(server.port, job_id)) < before + 300 and proc.poll() is None:
+            while (now := committed_points(server.port, job_id)) < before + 300 and proc.poll() is None:
                 assert time.monotonic() < deadline, "no progress after a restart"
                 if now > before and len(stalls) == kill:
                     stalls.append(round(time.monotonic() - t0, 1))
                 time.sleep(0.2)
             assert proc.poll() is None, f"run {kill} ended before it could be killed: {proc.stderr.read()[-2000:]}"
             _kill_session(proc)
-            committed = _committed(server.port, job_id)
+            committed = committed_points(server.port, job_id)
             in_target = client.count("dst")
             # what the next run will write again: points in the target beyond the committed cursor
             redone.append(in_target - committed)
@@ -127,7 +121,7 @@ def test_endpoint_killed_and_restarted_mid_run(tmp_path):
         try:
             for target in (N // 4, N // 2):
                 deadline = time.monotonic() + 120
-                while _committed(server.port, job_id) < target and proc.poll() is None:
+                while committed_points(server.port, job_id) < target and proc.poll() is None:
                     assert time.monotonic() < deadline
                     time.sleep(0.2)
                 if proc.poll() is not None:

@@ -17,8 +17,14 @@ import yaml
 
 from engine import tunables
 from engine.embedded.process import EmbeddedProcess
-from tests.chaos.test_driver_and_server_kills import _committed, _job_id
-from tests.integration.pipeline_support import assert_exact, client_for, make_payloads, seed_collection
+from tests.chaos.test_driver_and_server_kills import _job_id
+from tests.integration.pipeline_support import (
+    assert_exact,
+    client_for,
+    committed_points,
+    make_payloads,
+    seed_collection,
+)
 
 pytestmark = pytest.mark.chaos
 N = 3000
@@ -59,11 +65,11 @@ def test_two_minute_outage_is_waited_out(tmp_path):
                                     stderr=err, text=True, start_new_session=True)
         try:
             deadline = time.monotonic() + 180
-            while _committed(server.port, job_id) < N // 4 and proc.poll() is None:
+            while committed_points(server.port, job_id) < N // 4 and proc.poll() is None:
                 assert time.monotonic() < deadline, "no progress before the outage"
                 time.sleep(0.2)
             assert proc.poll() is None, f"the run ended before the outage: {err_path.read_text()[-2000:]}"
-            before = _committed(server.port, job_id)
+            before = committed_points(server.port, job_id)
             server.kill()
             down_at = time.monotonic()
             said_waiting = False

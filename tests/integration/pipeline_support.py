@@ -90,3 +90,17 @@ def assert_exact(port: int, source: str, target: str, model: str = "hash:32", mi
         client.close()
     assert rep.problems() == 0, rep.counts()
     return rep
+
+
+def committed_points(port: int, job_id: str) -> int:
+    """Points a job's checkpoint (in the target Qdrant) says are committed; 0 before its first save."""
+    from engine.flow.checkpoint import QdrantCheckpointStore
+
+    client = client_for(port)
+    try:
+        state = QdrantCheckpointStore(client, "_reembed").load(job_id)
+        return 0 if state is None else state.written + state.skipped
+    except Exception:  # noqa: BLE001 - the checkpoint collection may not exist yet
+        return 0
+    finally:
+        client.close()
