@@ -26,17 +26,18 @@ demo: install
 
 # The unit tier runs in a process of its own, where Ray is never imported (its conftest blocks it); then the tiers
 # that run Ray: integration (the embedded endpoint), chaos (kills and faults), cluster (several Ray nodes here).
-# The cluster tier and the two-minute Qdrant outage test spend their time waiting (jobs paced to outlast a node
-# joining; the endpoint down while the job's retries sleep), so they run in a second process beside the integration
-# and chaos tiers instead of adding ~5 minutes of mostly idle wall time. Their output is printed after the main run;
-# either run failing fails the target.
-SIDE_TESTS := tests/chaos/test_qdrant_outage.py tests/cluster
+# Those tiers mostly wait (Ray and endpoint start-ups, jobs paced to outlast a node joining or a two-minute outage,
+# retries sleeping): on 2 cores the machine sat at a load average under 1 while they ran one test at a time. So the
+# integration tier's files are spread over TEST_WORKERS processes (pytest-xdist, whole files per process: each
+# module keeps its own Ray node and endpoint), while the chaos and cluster tiers run in order in one more process
+# beside them, their output printed after. Either run failing fails the target.
+TEST_WORKERS ?= 2
 test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 	@mkdir -p build
-	@$(PY) -m pytest -q -p no:cacheprovider $(SIDE_TESTS) > build/side-tests.log 2>&1 & side=$$!; \
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/chaos --deselect tests/chaos/test_qdrant_outage.py; \
-	main=$$?; wait $$side; side_rc=$$?; echo "--- $(SIDE_TESTS) (ran beside the tiers above):"; \
+	@$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/chaos tests/cluster > build/side-tests.log 2>&1 & side=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 -n $(TEST_WORKERS) --dist loadfile tests/integration; \
+	main=$$?; wait $$side; side_rc=$$?; echo "--- tests/chaos tests/cluster (ran beside the integration tier):"; \
 	cat build/side-tests.log; [ $$main -eq 0 ] && [ $$side_rc -eq 0 ]
 
 # ruff (style, import order, likely bugs) and mypy (types), both configured in pyproject.toml.

@@ -20,6 +20,7 @@ from engine.flow.page import PageBody
 from engine.flow.sink import QdrantSink, SinkSpec
 from engine.qdrant import retry, values, wire
 from engine.qdrant.connection import Endpoint
+from tests.unit.test_retry import FakeRpcError
 
 ACK, DONE = pb.UpdateStatus.Acknowledged, pb.UpdateStatus.Completed
 
@@ -180,21 +181,23 @@ def test_an_unknown_outcome_reports_who_waits_meanwhile():
     assert stats.waiting() is None
 
 
-class Refused(grpc.RpcError):
-    """A definite gRPC answer (with trailing metadata, as the server sends it)."""
+Refused = FakeRpcError  # a server's refusal: code, details and trailing metadata
 
-    def __init__(self, code: grpc.StatusCode, details: str, trailers=()) -> None:
-        super().__init__(details)
-        self._code, self._details, self._trailers = code, details, tuple(trailers)
 
-    def code(self):
-        return self._code
+def _scripted(answers: list, clock) -> tuple:
+    """A call that raises `answers` in turn then returns "ok", and a sleep that moves `clock` and records each wait."""
+    waits: list[float] = []
 
-    def details(self):
-        return self._details
+    def call():
+        if answers:
+            raise answers.pop(0)
+        return "ok"
 
-    def trailing_metadata(self):
-        return self._trailers
+    def sleep(seconds):
+        waits.append(seconds)
+        clock.now += seconds
+
+    return call, sleep, waits
 
 
 def _once(err: grpc.RpcError, policy: retry.RetryPolicy | None = None):
@@ -241,19 +244,11 @@ def test_an_outage_and_a_rate_limit_are_waited_out_but_other_trouble_is_bounded_
 
 
 def test_the_servers_retry_after_is_waited_never_less_than_the_base_delay():
-    clock, waits = Clock(), []
-    answers = [Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "Rate limiting exceeded", (("retry-after", "3"),)),
-               Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "Rate limiting exceeded", (("retry-after", "0"),)),
-               Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "Rate limiting exceeded", (("Retry-After", "bad"),))]
-
-    def call():
-        if answers:
-            raise answers.pop(0)
-        return "ok"
-
-    def sleep(seconds):
-        waits.append(seconds)
-        clock.now += seconds
+    clock = Clock()
+    call, sleep, waits = _scripted(
+        [Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "Rate limiting exceeded", (("retry-after", "3"),)),
+         Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "Rate limiting exceeded", (("retry-after", "0"),)),
+         Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "Rate limiting exceeded", (("Retry-After", "bad"),))], clock)
 
     policy = retry.RetryPolicy(base_delay_s=0.5, max_delay_s=0.5, outage_budget_s=100.0)
     assert retry.call(call, what="w", address="a", policy=policy, sleep=sleep, clock=clock) == "ok"
@@ -294,17 +289,8 @@ def test_the_last_try_lands_when_the_outage_budget_ends():
 
 
 def test_a_retry_after_counts_only_on_a_rate_limit():
-    clock, waits = Clock(), []
-    answers = [Refused(grpc.StatusCode.UNAVAILABLE, "down", (("retry-after", "30"),))]
-
-    def call():
-        if answers:
-            raise answers.pop(0)
-        return "ok"
-
-    def sleep(seconds):
-        waits.append(seconds)
-        clock.now += seconds
+    clock = Clock()
+    call, sleep, waits = _scripted([Refused(grpc.StatusCode.UNAVAILABLE, "down", (("retry-after", "30"),))], clock)
 
     policy = retry.RetryPolicy(base_delay_s=1.0, max_delay_s=1.0, outage_budget_s=100.0)
     retry.call(call, what="w", address="a", policy=policy, sleep=sleep, clock=clock, rng=Top())
