@@ -30,12 +30,16 @@ demo: install
 # retries sleeping): on 2 cores the machine sat at a load average under 1 while they ran one test at a time. So the
 # integration tier's files are spread over TEST_WORKERS processes (pytest-xdist, whole files per process: each
 # module keeps its own Ray node and endpoint), while the chaos and cluster tiers run in order in one more process
-# beside them, their output printed after. Either run failing fails the target.
+# beside them, their output printed after. The cluster tier drives a cluster from its own process, as a user's driver
+# does: in a process that already ran and shut down a local Ray node, actors created on the cluster were cancelled
+# at once ("all references to the actor were removed"), 3 lanes in a row on every node. Either run failing fails.
 TEST_WORKERS ?= 2
 test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 	@mkdir -p build
-	@$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/chaos tests/cluster > build/side-tests.log 2>&1 & side=$$!; \
+	@{ $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/chaos; chaos=$$?; \
+	   $(PY) -m pytest -q -p no:cacheprovider --durations=5 tests/cluster; cluster=$$?; \
+	   [ $$chaos -eq 0 ] && [ $$cluster -eq 0 ]; } > build/side-tests.log 2>&1 & side=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25 -n $(TEST_WORKERS) --dist loadfile tests/integration; \
 	main=$$?; wait $$side; side_rc=$$?; echo "--- tests/chaos tests/cluster (ran beside the integration tier):"; \
 	cat build/side-tests.log; [ $$main -eq 0 ] && [ $$side_rc -eq 0 ]

@@ -157,10 +157,12 @@ def start_workers(spec: LaneSpec, shape: LaneShape, pg: Any, name: str) -> LaneW
         num_cpus=shape.embed_cpus, num_gpus=shape.gpus, max_concurrency=concurrency, name=f"{name}-embed",
         scheduling_strategy=in_bundle(0), runtime_env={"env_vars": env}, **restart,
     ).remote(vectorizer, spec.job_id)
-    # Two threads: a status question is answered while a read waits out an outage.
+    # Two read threads, and a status question answered by a thread of its own while every read waits out an outage
+    # (the lane can have its whole window of reads queued at one reader).
     readers = [
-        ray.remote(ReaderWorker).options(num_cpus=shape.io_cpus, name=f"{name}-read-{i}", max_concurrency=2,
-                                         scheduling_strategy=in_bundle(1 + i), **restart)
+        ray.remote(concurrency_groups={"status": 1})(ReaderWorker).options(  # type: ignore[call-overload]
+            num_cpus=shape.io_cpus, name=f"{name}-read-{i}", max_concurrency=2,
+            scheduling_strategy=in_bundle(1 + i), **restart)
         .remote(spec.endpoint, spec.policy, spec.source, spec.job_id)
         for i in range(shape.readers)
     ]
@@ -239,14 +241,25 @@ class LaneActor:
 
     def _add_status(self, report: LaneReport) -> None:
         """The readers' and writers' own word on Qdrant: waiting out an outage or a rate limit, and the pace."""
-        try:
-            readers = ray.get([r.status.remote() for r in self.readers], timeout=STATUS_TIMEOUT_S)
-            writers = ray.get([w.status.remote() for w in self.writers], timeout=STATUS_TIMEOUT_S)
-        except (rex.GetTimeoutError, rex.RayActorError, rex.RayTaskError):
-            return  # a restarting worker: the loop reports that itself
-        waits = [w for w in readers if w] + [w for _, w in writers if w]
+        # Asked of every worker at once; what answers within the timeout counts (a busy or restarting worker is
+        # asked again at the next report; the loop reports a restart itself).
+        refs = {w.status.remote(): "reader" for w in self.readers}
+        refs.update({w.status.remote(): "writer" for w in self.writers})
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=STATUS_TIMEOUT_S)
+        waits: list[str] = []
+        pace = None
+        for ref in ready:
+            try:
+                answer = ray.get(ref)
+            except (rex.RayActorError, rex.RayTaskError):
+                continue
+            if refs[ref] == "reader":
+                waits += [answer] if answer else []
+            else:
+                pace = pace or answer[0]
+                waits += [answer[1]] if answer[1] else []
         report.qdrant_waiting = waits[0] if waits else None
-        report.pace = writers[0][0] if writers else None
+        report.pace = pace
 
     def set_rate(self, points_per_s: float | None) -> None:
         """The lane's share of the job's points/s cap, split between its writers."""

@@ -31,8 +31,10 @@ class ReaderWorker:
         metrics().page_read(meta.n_points, len(meta.dead), time.perf_counter() - t0)
         return meta, inputs, body
 
+    @ray.method(concurrency_group="status")
     def status(self) -> str | None:
-        """What the reader waits for, if it waits for Qdrant (answered while a read is stuck in its retries)."""
+        """What the reader waits for, if it waits for Qdrant: a thread of its own (the "status" concurrency group),
+        so it is answered while every read thread is stuck in its retries through an outage."""
         waiting = self.client.stats.waiting()
         return waiting.describe(time.monotonic()) if waiting is not None else None
 
