@@ -99,7 +99,6 @@ MUTANTS ?= \
 	'engine.verify.vectors.x_copy_difference*' \
 	'engine.verify.dead_letters.x_dead_letter_summary*'
 MUTMUT := $(abspath $(VENV))/bin/mutmut
-.PHONY: mutation
 mutation: install
 	$(PY) -m pip install -q -e ".[mutation]"
 	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
